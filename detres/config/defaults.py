@@ -1,0 +1,204 @@
+"""Every config key detres knows, with its default. Sections are owned by the part that reads them.
+
+Conventions: images are fed to models as float tensors in ``INPUT.FORMAT`` channel order with values
+in [0, 255]; the model subtracts ``MODEL.PIXEL_MEAN`` and divides by ``MODEL.PIXEL_STD``.
+Boxes are XYXY in absolute pixels.
+"""
+from detres.config.config import CfgNode as CN
+
+_C = CN()
+_C.VERSION = 1
+# Random seed; a negative value draws one at start-up (the drawn seed is written to the output dir).
+_C.SEED = -1
+_C.OUTPUT_DIR = "./output"
+# Use deterministic algorithms where available (exact resume checks use this on CPU).
+_C.CUDNN_BENCHMARK = False
+
+# ---------------------------------------------------------------------------- model
+_C.MODEL = CN()
+_C.MODEL.META_ARCHITECTURE = "ImageClassifier"
+# "auto" picks cuda when available, else cpu.
+_C.MODEL.DEVICE = "auto"
+# Local path, http(s) URL, or a short scheme (see detres.modeling.weight_import).
+_C.MODEL.WEIGHTS = ""
+# Per-channel mean/std in INPUT.FORMAT order. MSRA/Caffe2 weights: BGR, std 1.
+_C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
+_C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+
+_C.MODEL.BACKBONE = CN()
+# Registry name of the backbone builder: "resnet" (ImageNet family) or "cifar_resnet".
+_C.MODEL.BACKBONE.NAME = "resnet"
+# Freeze the first stages: 0 nothing, 1 stem, 2 stem+res2, ...
+_C.MODEL.BACKBONE.FREEZE_AT = 0
+
+_C.MODEL.RESNETS = CN()
+_C.MODEL.RESNETS.DEPTH = 50
+# "msra": stride 2 in the first 1x1 conv of a downsampling bottleneck (the paper, Caffe2 weights);
+# "pytorch": stride in the 3x3 conv (torchvision weights).
+_C.MODEL.RESNETS.STYLE = "msra"
+# "BN", "FrozenBN", "GN", "SyncBN"
+_C.MODEL.RESNETS.NORM = "BN"
+_C.MODEL.RESNETS.GN_NUM_GROUPS = 32
+# Subset of stem, res2, res3, res4, res5, linear.
+_C.MODEL.RESNETS.OUT_FEATURES = ["res5"]
+# Shortcut option of the paper: "A" zero-padded identity, "B" projection when shapes change,
+# "C" projection everywhere.
+_C.MODEL.RESNETS.SHORTCUT = "B"
+# Plain counterpart: the same layers without shortcuts.
+_C.MODEL.RESNETS.PLAIN = False
+_C.MODEL.RESNETS.STEM_OUT_CHANNELS = 64
+# 0 means the depth's default: 64 for 18/34 (BasicBlock), 256 for 50+ (Bottleneck).
+_C.MODEL.RESNETS.RES2_OUT_CHANNELS = 0
+_C.MODEL.RESNETS.NUM_GROUPS = 1
+_C.MODEL.RESNETS.WIDTH_PER_GROUP = 64
+_C.MODEL.RESNETS.RES5_DILATION = 1
+_C.MODEL.RESNETS.ZERO_INIT_RESIDUAL = False
+
+_C.MODEL.CIFAR_RESNETS = CN()
+# 6n+2 layers: 20, 32, 44, 56, 110, 1202, ...
+_C.MODEL.CIFAR_RESNETS.DEPTH = 20
+_C.MODEL.CIFAR_RESNETS.SHORTCUT = "A"
+_C.MODEL.CIFAR_RESNETS.PLAIN = False
+_C.MODEL.CIFAR_RESNETS.WIDTHS = [16, 32, 64]
+
+_C.MODEL.CLASSIFIER = CN()
+_C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
+
+# ---------------------------------------------------------------------------- detection
+_C.MODEL.PROPOSAL_GENERATOR = CN()
+_C.MODEL.PROPOSAL_GENERATOR.NAME = "RPN"
+
+_C.MODEL.ANCHOR_GENERATOR = CN()
+# One list per input feature map; absolute pixel sizes (sqrt of area) and height/width ratios.
+_C.MODEL.ANCHOR_GENERATOR.SIZES = [[32, 64, 128, 256, 512]]
+_C.MODEL.ANCHOR_GENERATOR.ASPECT_RATIOS = [[0.5, 1.0, 2.0]]
+# Anchor centres at (offset * stride) of each cell; 0.0 is Detectron2's, 0.5 the cell centre.
+_C.MODEL.ANCHOR_GENERATOR.OFFSET = 0.0
+
+_C.MODEL.RPN = CN()
+_C.MODEL.RPN.IN_FEATURES = ["res4"]
+_C.MODEL.RPN.HEAD_CHANNELS = 0  # 0: same as the input feature
+_C.MODEL.RPN.BOUNDARY_THRESH = -1
+_C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.RPN.IOU_LABELS = [0, -1, 1]
+_C.MODEL.RPN.ALLOW_LOW_QUALITY_MATCHES = True
+_C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
+_C.MODEL.RPN.POSITIVE_FRACTION = 0.5
+_C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # or "l1"
+_C.MODEL.RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.BBOX_REG_WEIGHTS = (1.0, 1.0, 1.0, 1.0)
+_C.MODEL.RPN.SMOOTH_L1_BETA = 0.0
+_C.MODEL.RPN.LOSS_WEIGHT = 1.0
+_C.MODEL.RPN.PRE_NMS_TOPK_TRAIN = 12000
+_C.MODEL.RPN.PRE_NMS_TOPK_TEST = 6000
+_C.MODEL.RPN.POST_NMS_TOPK_TRAIN = 2000
+_C.MODEL.RPN.POST_NMS_TOPK_TEST = 1000
+_C.MODEL.RPN.NMS_THRESH = 0.7
+_C.MODEL.RPN.MIN_SIZE = 0.0
+
+_C.MODEL.ROI_HEADS = CN()
+_C.MODEL.ROI_HEADS.NAME = "Res5ROIHeads"
+_C.MODEL.ROI_HEADS.NUM_CLASSES = 80
+_C.MODEL.ROI_HEADS.IN_FEATURES = ["res4"]
+_C.MODEL.ROI_HEADS.IOU_THRESHOLDS = [0.5]
+_C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
+_C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
+_C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
+_C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+_C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
+_C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
+_C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100
+
+_C.MODEL.ROI_BOX_HEAD = CN()
+# "ROIPool" (the paper), "ROIAlign", "ROIAlignV2" (aligned=True, half-pixel offset).
+_C.MODEL.ROI_BOX_HEAD.POOLER_TYPE = "ROIAlignV2"
+_C.MODEL.ROI_BOX_HEAD.POOLER_RESOLUTION = 14
+_C.MODEL.ROI_BOX_HEAD.POOLER_SAMPLING_RATIO = 0
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_WEIGHTS = (10.0, 10.0, 5.0, 5.0)
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
+_C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
+_C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
+_C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+
+# ---------------------------------------------------------------------------- input
+_C.INPUT = CN()
+# Channel order of the images the loaders produce and the model expects: "BGR" or "RGB".
+_C.INPUT.FORMAT = "BGR"
+# Detection: shortest-edge resize.
+_C.INPUT.MIN_SIZE_TRAIN = (600,)
+_C.INPUT.MIN_SIZE_TRAIN_SAMPLING = "choice"  # or "range"
+_C.INPUT.MAX_SIZE_TRAIN = 1000
+_C.INPUT.MIN_SIZE_TEST = 600
+_C.INPUT.MAX_SIZE_TEST = 1000
+_C.INPUT.RANDOM_FLIP = "horizontal"  # or "none"
+# Pad batched images so that height and width are divisible by this (0: no constraint).
+_C.INPUT.SIZE_DIVISIBILITY = 0
+
+# Classification transforms.
+_C.INPUT.CLS = CN()
+# "cifar" (pad + random crop + flip) or "imagenet" (scale augmentation, crop, flip, PCA lighting).
+_C.INPUT.CLS.AUGMENTATION = "cifar"
+_C.INPUT.CLS.CROP_SIZE = 32
+_C.INPUT.CLS.PAD = 4
+_C.INPUT.CLS.TRAIN_SHORT_RANGE = (256, 480)
+_C.INPUT.CLS.TEST_SHORT_SIZE = 256
+_C.INPUT.CLS.PCA_LIGHTING_STD = 0.1
+# Per-pixel mean subtraction (CIFAR): the mean image is computed on the training set.
+_C.INPUT.CLS.PER_PIXEL_MEAN = True
+
+# ---------------------------------------------------------------------------- data
+_C.DATASETS = CN()
+_C.DATASETS.TRAIN = ("synthetic_cls_train",)
+_C.DATASETS.TEST = ("synthetic_cls_val",)
+# Root folder that relative dataset paths are resolved against ($DETRES_DATASETS overrides).
+_C.DATASETS.ROOT = "datasets"
+# Custom COCO-format datasets: a list of [name, json_file, image_root].
+_C.DATASETS.REGISTER = []
+
+_C.DATALOADER = CN()
+_C.DATALOADER.NUM_WORKERS = 2
+_C.DATALOADER.ASPECT_RATIO_GROUPING = True
+_C.DATALOADER.FILTER_EMPTY_ANNOTATIONS = True
+
+# ---------------------------------------------------------------------------- solver
+_C.SOLVER = CN()
+_C.SOLVER.OPTIMIZER = "SGD"
+_C.SOLVER.BASE_LR = 0.1
+_C.SOLVER.MOMENTUM = 0.9
+_C.SOLVER.NESTEROV = False
+_C.SOLVER.WEIGHT_DECAY = 1e-4
+_C.SOLVER.WEIGHT_DECAY_NORM = 0.0
+_C.SOLVER.BIAS_LR_FACTOR = 1.0
+# Total images per iteration over all processes.
+_C.SOLVER.IMS_PER_BATCH = 128
+_C.SOLVER.MAX_ITER = 64000
+# "multistep": lr * GAMMA at each of STEPS; "plateau": lr * GAMMA when the validation error stops
+# improving for PLATEAU_PATIENCE evaluations; "cosine".
+_C.SOLVER.LR_SCHEDULER = "multistep"
+_C.SOLVER.STEPS = (32000, 48000)
+_C.SOLVER.GAMMA = 0.1
+_C.SOLVER.PLATEAU_PATIENCE = 2
+# Warm-up: "linear" / "constant" for WARMUP_ITERS iterations at WARMUP_FACTOR * BASE_LR, or
+# "until_train_error": WARMUP_FACTOR * BASE_LR until the running training error drops below
+# WARMUP_TRAIN_ERROR (the paper's 110-layer CIFAR recipe: 0.01 until error < 80%).
+_C.SOLVER.WARMUP_METHOD = "linear"
+_C.SOLVER.WARMUP_ITERS = 0
+_C.SOLVER.WARMUP_FACTOR = 0.001
+_C.SOLVER.WARMUP_TRAIN_ERROR = 0.8
+_C.SOLVER.CHECKPOINT_PERIOD = 5000
+_C.SOLVER.CLIP_GRADIENTS = 0.0
+_C.SOLVER.AMP = CN()
+_C.SOLVER.AMP.ENABLED = False
+_C.SOLVER.AMP.DTYPE = "bfloat16"  # or "float16" (uses a grad scaler)
+
+# ---------------------------------------------------------------------------- test
+_C.TEST = CN()
+# Evaluate every EVAL_PERIOD iterations (0: only at the end).
+_C.TEST.EVAL_PERIOD = 0
+_C.TEST.IMS_PER_BATCH = 8
+# Classification test: "center" (single crop), "ten_crop", "multi_scale" (fully convolutional,
+# scores averaged over MULTI_SCALE_SIZES shorter sides).
+_C.TEST.CLS_MODE = "center"
+_C.TEST.MULTI_SCALE_SIZES = (224, 256, 384, 480, 640)
+# Detection: dump this many ground-truth vs detection pictures to TensorBoard at each evaluation.
+_C.TEST.VIS_IMAGES = 0

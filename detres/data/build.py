@@ -1,0 +1,47 @@
+"""Data loaders for training and testing, chosen by the dataset's task (see ``catalog``)."""
+from __future__ import annotations
+
+from typing import List
+
+from detres.data.catalog import DatasetCatalog, MetadataCatalog
+
+__all__ = ["build_train_loader", "build_test_loader", "dataset_task", "register_from_config"]
+
+
+def register_from_config(cfg) -> None:
+    """Register the built-in datasets and the custom COCO-format ones of ``DATASETS.REGISTER``."""
+    from detres.data.builtin import register_builtin_datasets
+
+    register_builtin_datasets(cfg)
+
+
+def dataset_task(names: List[str]) -> str:
+    tasks = {getattr(MetadataCatalog.get(n), "task", None) for n in names}
+    if len(tasks) != 1 or None in tasks:
+        raise ValueError(f"datasets {names} must all be registered and share one task; got tasks {tasks}")
+    return tasks.pop()
+
+
+def build_train_loader(cfg):
+    """An infinite iterator-like loader yielding ``List[dict]`` batches for this process."""
+    register_from_config(cfg)
+    names = list(cfg.DATASETS.TRAIN)
+    if dataset_task(names) == "classification":
+        from detres.data.classification.loader import build_classification_train_loader
+
+        return build_classification_train_loader(cfg, names)
+    from detres.data.detection.loader import build_detection_train_loader
+
+    return build_detection_train_loader(cfg, names)
+
+
+def build_test_loader(cfg, dataset_name: str):
+    """A finite loader over ``dataset_name`` yielding ``List[dict]`` batches (inference order)."""
+    register_from_config(cfg)
+    if dataset_task([dataset_name]) == "classification":
+        from detres.data.classification.loader import build_classification_test_loader
+
+        return build_classification_test_loader(cfg, dataset_name)
+    from detres.data.detection.loader import build_detection_test_loader
+
+    return build_detection_test_loader(cfg, dataset_name)

@@ -1,0 +1,68 @@
+"""Named datasets: a name maps to a function returning records and to metadata about them.
+
+A record is a plain dict describing one image:
+
+* classification: ``{"file_name": str}`` or ``{"image": np.ndarray (H, W, 3) uint8, RGB}``, plus
+  ``"label": int`` (0-based).
+* detection: ``{"file_name", "image_id", "height", "width", "annotations": [{"bbox": [x1, y1, x2, y2]
+  (absolute pixels, XYXY), "category_id": int (0-based contiguous), "iscrowd": 0|1}, ...]}``.
+
+Metadata (``MetadataCatalog.get(name)``) is a ``types.SimpleNamespace`` that carries at least
+``task`` ("classification" | "detection"), ``evaluator_type`` ("classification" | "coco") and
+``thing_classes`` (list of class names).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Callable, Dict, List
+
+__all__ = ["DatasetCatalog", "MetadataCatalog"]
+
+
+class _DatasetCatalog:
+    def __init__(self) -> None:
+        self._loaders: Dict[str, Callable[[], List[dict]]] = {}
+
+    def register(self, name: str, loader: Callable[[], List[dict]]) -> None:
+        if name in self._loaders:
+            raise KeyError(f"dataset {name!r} is already registered")
+        self._loaders[name] = loader
+
+    def get(self, name: str) -> List[dict]:
+        if name not in self._loaders:
+            raise KeyError(
+                f"dataset {name!r} is not registered; registered datasets: {', '.join(sorted(self._loaders))}. "
+                "Register a COCO-format dataset with DATASETS.REGISTER [[name, json_file, image_root]]."
+            )
+        return self._loaders[name]()
+
+    def remove(self, name: str) -> None:
+        self._loaders.pop(name, None)
+        MetadataCatalog.remove(name)
+
+    def names(self) -> List[str]:
+        return sorted(self._loaders)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._loaders
+
+
+class _MetadataCatalog:
+    def __init__(self) -> None:
+        self._meta: Dict[str, SimpleNamespace] = {}
+
+    def get(self, name: str) -> SimpleNamespace:
+        return self._meta.setdefault(name, SimpleNamespace(name=name))
+
+    def set(self, name: str, **fields) -> SimpleNamespace:
+        meta = self.get(name)
+        for key, value in fields.items():
+            setattr(meta, key, value)
+        return meta
+
+    def remove(self, name: str) -> None:
+        self._meta.pop(name, None)
+
+
+DatasetCatalog = _DatasetCatalog()
+MetadataCatalog = _MetadataCatalog()
