@@ -60,6 +60,10 @@ _C.MODEL.CIFAR_RESNETS.DEPTH = 20
 _C.MODEL.CIFAR_RESNETS.SHORTCUT = "A"
 _C.MODEL.CIFAR_RESNETS.PLAIN = False
 _C.MODEL.CIFAR_RESNETS.WIDTHS = [16, 32, 64]
+# Subset of stem, res2, res3, res4 (16/32/64 filters at strides 1/2/4), linear.
+_C.MODEL.CIFAR_RESNETS.OUT_FEATURES = ["linear"]
+# "BN", "FrozenBN", "GN", "SyncBN"
+_C.MODEL.CIFAR_RESNETS.NORM = "BN"
 
 _C.MODEL.CLASSIFIER = CN()
 _C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
@@ -82,6 +86,9 @@ _C.MODEL.RPN.BOUNDARY_THRESH = -1
 _C.MODEL.RPN.IOU_THRESHOLDS = [0.3, 0.7]
 _C.MODEL.RPN.IOU_LABELS = [0, -1, 1]
 _C.MODEL.RPN.ALLOW_LOW_QUALITY_MATCHES = True
+# Anchors with more than this fraction of their area inside a crowd region ("crowd_boxes" of an
+# input) are ignored (neither positive nor negative); 1.0 disables.
+_C.MODEL.RPN.CROWD_OVERLAP_THRESH = 0.7
 _C.MODEL.RPN.BATCH_SIZE_PER_IMAGE = 256
 _C.MODEL.RPN.POSITIVE_FRACTION = 0.5
 _C.MODEL.RPN.BBOX_REG_LOSS_TYPE = "smooth_l1"  # or "l1"
@@ -105,6 +112,8 @@ _C.MODEL.ROI_HEADS.IOU_LABELS = [0, 1]
 _C.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 512
 _C.MODEL.ROI_HEADS.POSITIVE_FRACTION = 0.25
 _C.MODEL.ROI_HEADS.PROPOSAL_APPEND_GT = True
+# Like MODEL.RPN.CROWD_OVERLAP_THRESH, for the sampled proposals.
+_C.MODEL.ROI_HEADS.CROWD_OVERLAP_THRESH = 0.7
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 _C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100
@@ -152,8 +161,26 @@ _C.DATASETS.TRAIN = ("synthetic_cls_train",)
 _C.DATASETS.TEST = ("synthetic_cls_val",)
 # Root folder that relative dataset paths are resolved against ($DETRES_DATASETS overrides).
 _C.DATASETS.ROOT = "datasets"
+# The generated classification set (synthetic_cls_train / synthetic_cls_val): 10 classes of shapes
+# and textures, deterministic for SEED, generated in memory on first use.
+_C.DATASETS.SYNTHETIC = CN()
+_C.DATASETS.SYNTHETIC.NUM_TRAIN = 5000
+_C.DATASETS.SYNTHETIC.NUM_VAL = 1000
+_C.DATASETS.SYNTHETIC.SEED = 0
+_C.DATASETS.SYNTHETIC.IMAGE_SIZE = 32
 # Custom COCO-format datasets: a list of [name, json_file, image_root].
 _C.DATASETS.REGISTER = []
+# The synthetic shapes detection dataset ("synthetic_det_train" / "synthetic_det_val"), generated on
+# first use under <ROOT>/generated/ (see detres/data/detection/synthetic.py). Sizes in native pixels.
+_C.DATASETS.SYNTHETIC_DET = CN()
+_C.DATASETS.SYNTHETIC_DET.NUM_TRAIN = 1000
+_C.DATASETS.SYNTHETIC_DET.NUM_VAL = 200
+_C.DATASETS.SYNTHETIC_DET.SEED = 0
+# Each image side is drawn uniformly in [min, max].
+_C.DATASETS.SYNTHETIC_DET.IMAGE_SIZE = (176, 256)
+_C.DATASETS.SYNTHETIC_DET.OBJECTS_PER_IMAGE = (1, 4)
+# Object extent, drawn log-uniformly in [min, max] (and at most 0.9 x the image's shorter side).
+_C.DATASETS.SYNTHETIC_DET.OBJECT_SIZE = (30, 180)
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2

@@ -22,17 +22,18 @@ def dataset_task(names: List[str]) -> str:
     return tasks.pop()
 
 
-def build_train_loader(cfg):
-    """An infinite iterator-like loader yielding ``List[dict]`` batches for this process."""
+def build_train_loader(cfg, start_iter: int = 0):
+    """An infinite iterator-like loader yielding ``List[dict]`` batches for this process, starting at
+    batch ``start_iter`` of the seeded stream (a resumed run continues exactly where it stopped)."""
     register_from_config(cfg)
     names = list(cfg.DATASETS.TRAIN)
     if dataset_task(names) == "classification":
         from detres.data.classification.loader import build_classification_train_loader
 
-        return build_classification_train_loader(cfg, names)
+        return build_classification_train_loader(cfg, names, start_iter=start_iter)
     from detres.data.detection.loader import build_detection_train_loader
 
-    return build_detection_train_loader(cfg, names)
+    return build_detection_train_loader(cfg, names, start_iter=start_iter)
 
 
 def build_test_loader(cfg, dataset_name: str):

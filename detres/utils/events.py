@@ -34,8 +34,10 @@ class EventStorage:
     def latest(self) -> Dict[str, Tuple[float, int]]:
         return dict(self._latest)
 
-    def history(self, name: str) -> List[Tuple[float, int]]:
-        return list(self._history[name])
+    def history(self, name: str, last: Optional[int] = None) -> List[Tuple[float, int]]:
+        """``(value, iteration)`` entries of ``name``, oldest first; only the ``last`` ones when given."""
+        entries = self._history[name]
+        return list(entries if last is None else entries[max(0, len(entries) - last):])
 
     def median(self, name: str, window: int = 20) -> Optional[float]:
         values = sorted(v for v, _ in self._history[name][-window:])

@@ -48,7 +48,7 @@ def backbone_cfg(name: str, out_features: Optional[Sequence[str]] = None, **over
     node.DEPTH = depth
     node.PLAIN = plain
     if out_features is not None:
-        cfg.MODEL.RESNETS.OUT_FEATURES = list(out_features)
+        node.OUT_FEATURES = list(out_features)
     values = {}
     for key, value in overrides.items():
         if key == "freeze_at":

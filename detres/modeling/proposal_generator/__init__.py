@@ -1,0 +1,4 @@
+from detres.modeling.proposal_generator.build import PROPOSAL_GENERATOR_REGISTRY, build_proposal_generator
+from detres.modeling.proposal_generator import rpn  # noqa: F401  (registers "RPN")
+
+__all__ = ["PROPOSAL_GENERATOR_REGISTRY", "build_proposal_generator"]

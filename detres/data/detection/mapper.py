@@ -1,0 +1,76 @@
+"""Turns a detection record (see ``detres.data.catalog``) into a model input dict.
+
+Output, per image (XYXY boxes in the pixels of the resized, possibly flipped image):
+
+* ``"image"``: uint8 Tensor (3, H, W) in ``INPUT.FORMAT`` channel order;
+* ``"gt_boxes"``: float32 (K, 4) and ``"gt_classes"``: int64 (K,) of the non-crowd boxes;
+* ``"crowd_boxes"``: float32 (M, 4), crowd regions that matchers should ignore, not learn from;
+* ``"height"``, ``"width"``: the ORIGINAL image size (models rescale their outputs to it);
+* ``"image_id"``, ``"file_name"``.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional
+
+import cv2
+import numpy as np
+import torch
+
+from detres.data.detection.transforms import DetectionAugmentation
+
+__all__ = ["ImageReadError", "read_image", "DetectionDatasetMapper"]
+
+
+class ImageReadError(OSError):
+    """An image file that is missing or cannot be decoded."""
+
+
+def read_image(path: str, image_format: str = "BGR") -> np.ndarray:
+    """(H, W, 3) uint8 in ``image_format`` ("BGR" or "RGB"); grayscale files are expanded to 3 channels."""
+    if image_format not in ("BGR", "RGB"):
+        raise ValueError(f"INPUT.FORMAT must be 'BGR' or 'RGB', got {image_format!r}")
+    if not os.path.isfile(path):
+        raise ImageReadError(f"image file not found: {path}")
+    image = cv2.imread(path, cv2.IMREAD_COLOR)
+    if image is None:
+        raise ImageReadError(f"cannot decode image (corrupt or not an image file): {path}")
+    return image[:, :, ::-1].copy() if image_format == "RGB" else image
+
+
+class DetectionDatasetMapper:
+    """Callable ``(record, rng) -> model input dict``; ``rng`` drives the random resize and flip."""
+
+    def __init__(self, augmentation: DetectionAugmentation, image_format: str = "BGR") -> None:
+        self.augmentation = augmentation
+        self.image_format = image_format
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool) -> "DetectionDatasetMapper":
+        return cls(DetectionAugmentation.from_config(cfg, is_train), cfg.INPUT.FORMAT)
+
+    def __call__(self, record: dict, rng: Optional[np.random.Generator] = None) -> dict:
+        image = read_image(record["file_name"], self.image_format)
+        h, w = image.shape[:2]
+        if (h, w) != (record["height"], record["width"]):
+            raise ValueError(
+                f"{record['file_name']}: image is {h}x{w} (HxW) but its annotations say "
+                f"{record['height']}x{record['width']}; the annotation file does not match the images"
+            )
+        transform = self.augmentation.sample(h, w, rng if rng is not None else np.random.default_rng(0))
+        image = transform.apply_image(image)
+        anns = record.get("annotations", [])
+        boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
+        crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
+        classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        boxes = transform.apply_boxes(boxes)
+        return {
+            "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+            "gt_boxes": torch.from_numpy(boxes[~crowd]),
+            "gt_classes": torch.from_numpy(classes[~crowd]),
+            "crowd_boxes": torch.from_numpy(boxes[crowd]),
+            "height": record["height"],
+            "width": record["width"],
+            "image_id": record["image_id"],
+            "file_name": record["file_name"],
+        }

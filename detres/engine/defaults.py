@@ -1,0 +1,120 @@
+"""Command-line arguments and per-run set-up shared by the tools.
+
+:func:`default_setup` writes the run's bookkeeping into ``OUTPUT_DIR`` (main process only):
+
+* ``config.yaml``   the fully resolved config (``detres.config.load_config`` reads it back),
+* ``run_info.json`` command line, working directory, detres version, git hash, seed, world size, time,
+* ``env.txt``       software / hardware description,
+* ``log.txt``       the log (see ``detres.utils.logger``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from typing import Optional, Sequence
+
+import torch
+
+import detres
+from detres.config import CfgNode
+from detres.engine.checkpoint import atomic_write
+from detres.utils import comm
+from detres.utils.env import collect_env_info, draw_seed, git_hash, seed_all_rng
+from detres.utils.logger import setup_logger
+
+__all__ = ["default_argument_parser", "default_setup"]
+
+RUN_INFO = "run_info.json"
+
+
+def default_argument_parser(description: str = "detres training and evaluation") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "Examples:\n"
+            "  tools/train_net.py --config configs/cifar10/resnet20.yaml\n"
+            "  tools/train_net.py --config cfg.yaml --num-gpus 8 SOLVER.IMS_PER_BATCH 256\n"
+            "  tools/train_net.py --config cfg.yaml --eval-only MODEL.WEIGHTS output/model_final.pth\n"
+            "  torchrun --nproc-per-node 4 tools/train_net.py --config cfg.yaml\n"
+            "Without GPUs (or with MODEL.DEVICE cpu), --num-gpus N starts N CPU processes using gloo."
+        ),
+    )
+    parser.add_argument("--config-file", "--config", dest="config_file", default="", metavar="FILE",
+                        help="YAML config (may use _BASE_ inheritance)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue from the last checkpoint of OUTPUT_DIR (start from scratch when there is none)")
+    parser.add_argument("--eval-only", action="store_true", help="only evaluate MODEL.WEIGHTS on DATASETS.TEST")
+    parser.add_argument("--num-gpus", "--num-processes", dest="num_gpus", type=int, default=1,
+                        help="processes per machine: one per GPU, or CPU processes (gloo) without GPUs")
+    parser.add_argument("--num-machines", type=int, default=1)
+    parser.add_argument("--machine-rank", type=int, default=0, help="rank of this machine (0 .. num-machines - 1)")
+    parser.add_argument("--dist-url", default="auto",
+                        help="rendezvous URL of machine 0, e.g. tcp://10.0.0.1:29500 ('auto': a free local port)")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, default=[],
+                        help="config overrides as KEY VALUE pairs, e.g. SOLVER.BASE_LR 0.01")
+    return parser
+
+
+def _recorded_seed(output_dir: str) -> Optional[int]:
+    path = os.path.join(output_dir, RUN_INFO)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return int(json.load(f)["seed"])
+
+
+def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None,
+                  argv: Optional[Sequence[str]] = None) -> CfgNode:
+    """Resolve the seed, set up logging, write the run's bookkeeping into ``OUTPUT_DIR``, seed every
+    RNG (``SEED + rank``) and freeze ``cfg``.
+
+    A negative ``SEED`` is replaced by a drawn one (shared by all processes), or, with ``--resume``,
+    by the seed recorded in ``OUTPUT_DIR/run_info.json`` so that the resumed data stream matches.
+    """
+    output_dir = cfg.OUTPUT_DIR
+    rank = comm.get_rank()
+    resume = bool(getattr(args, "resume", False))
+    seed = int(cfg.SEED)
+    if seed < 0:
+        recorded = _recorded_seed(output_dir) if resume else None
+        seed = comm.all_gather(draw_seed() if recorded is None else recorded)[0]
+    cfg.defrost()
+    cfg.SEED = seed
+    cfg.freeze()
+
+    if comm.is_main_process():
+        os.makedirs(output_dir, exist_ok=True)
+    comm.synchronize()
+    logger = setup_logger(output_dir, rank)
+    argv = list(sys.argv if argv is None else argv)
+    logger.info(f"Rank {rank} of {comm.get_world_size()}; command line: {shlex.join(argv)}")
+    env = collect_env_info()
+    logger.info("Environment:\n" + env)
+    logger.info("Full config:\n" + cfg.dump())
+
+    if comm.is_main_process():
+        info = {
+            "command": shlex.join(argv),
+            "argv": argv,
+            "cwd": os.getcwd(),
+            "detres_version": detres.__version__,
+            "git_hash": git_hash(),
+            "seed": seed,
+            "world_size": comm.get_world_size(),
+            "args": vars(args) if args is not None else None,
+            "time": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        }
+        files = {"config.yaml": cfg.dump(), RUN_INFO: json.dumps(info, indent=2) + "\n", "env.txt": env + "\n"}
+        for name, text in files.items():
+            atomic_write(os.path.join(output_dir, name), lambda f, t=text: f.write(t.encode()))
+        logger.info(f"Run info written to {output_dir}: {', '.join(files)}")
+
+    seed_all_rng(seed + rank)
+    torch.backends.cudnn.benchmark = cfg.CUDNN_BENCHMARK
+    return cfg

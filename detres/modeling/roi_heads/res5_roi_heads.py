@@ -1,0 +1,119 @@
+"""The C4 RoI heads of the ResNet paper (Sec. A / Table 7): RoI pooling on res4, the res5 stage run
+per region, global average pooling, then the Fast R-CNN predictor. Registered as ``"Res5ROIHeads"``.
+
+For ResNet-18/34 the per-region res5 is made of BasicBlocks (512 channels out), for 50+ of
+Bottlenecks (``8 * RES2_OUT_CHANNELS`` out); its first block has stride 2 (14x14 pooled -> 7x7).
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchvision.ops import box_iou
+
+from detres.modeling.backbone.backbone import ShapeSpec
+from detres.modeling.backbone.resnet import build_res5_stage
+from detres.modeling.matcher import Matcher, ignore_crowd_overlaps
+from detres.modeling.poolers import RoIPooler
+from detres.modeling.roi_heads.box_predictor import BoxPredictor
+from detres.modeling.roi_heads.build import ROI_HEADS_REGISTRY
+from detres.modeling.sampler import BalancedSampler
+from detres.utils.events import get_event_storage
+
+__all__ = ["Res5ROIHeads"]
+
+
+@ROI_HEADS_REGISTRY.register()
+class Res5ROIHeads(nn.Module):
+    """``forward(image_sizes, features, proposals, targets)`` -> ``(detections, losses)``.
+
+    Training (``targets`` given): proposals (plus the ground-truth boxes with ``PROPOSAL_APPEND_GT``)
+    are matched to the ground truth at ``IOU_THRESHOLDS`` and ``BATCH_SIZE_PER_IMAGE`` of them sampled
+    per image with at most ``POSITIVE_FRACTION`` foreground; returns ``([], {"loss_cls", "loss_box_reg"})``.
+    Inference: returns per-image ``{"boxes", "scores", "classes"}`` in input-image pixels and ``{}``.
+    All images' regions go through the pooler and res5 as one batch.
+    """
+
+    def __init__(self, cfg, input_shape: Dict[str, ShapeSpec]):
+        super().__init__()
+        rh, bh = cfg.MODEL.ROI_HEADS, cfg.MODEL.ROI_BOX_HEAD
+        if len(rh.IN_FEATURES) != 1 or rh.IN_FEATURES[0] not in input_shape:
+            raise ValueError(
+                f"Res5ROIHeads pools from exactly one backbone feature; MODEL.ROI_HEADS.IN_FEATURES="
+                f"{list(rh.IN_FEATURES)}, backbone gives {list(input_shape)}"
+            )
+        self.in_feature = rh.IN_FEATURES[0]
+        shape = input_shape[self.in_feature]
+        self.pooler = RoIPooler(bh.POOLER_TYPE, bh.POOLER_RESOLUTION, 1.0 / shape.stride, bh.POOLER_SAMPLING_RATIO)
+        self.res5, out_channels = build_res5_stage(cfg)
+        if self.res5[0].in_channels != shape.channels:
+            raise ValueError(
+                f"res5 expects {self.res5[0].in_channels} input channels but '{self.in_feature}' has {shape.channels}"
+            )
+        self.box_predictor = BoxPredictor.from_config(cfg, out_channels)
+        self.num_classes = rh.NUM_CLASSES
+        self.proposal_matcher = Matcher(rh.IOU_THRESHOLDS, rh.IOU_LABELS, allow_low_quality_matches=False)
+        self.sampler = BalancedSampler(rh.BATCH_SIZE_PER_IMAGE, rh.POSITIVE_FRACTION)
+        self.proposal_append_gt = rh.PROPOSAL_APPEND_GT
+        self.crowd_overlap_thresh = rh.CROWD_OVERLAP_THRESH
+
+    def forward(
+        self,
+        image_sizes: Sequence[Tuple[int, int]],
+        features: Dict[str, torch.Tensor],
+        proposals: List[Dict[str, torch.Tensor]],
+        targets: Optional[List[Dict[str, torch.Tensor]]] = None,
+    ) -> Tuple[List[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]:
+        if self.training:
+            if targets is None:
+                raise ValueError("Res5ROIHeads in training mode needs targets ('gt_boxes', 'gt_classes')")
+            boxes, gt_classes, gt_boxes = self.label_and_sample_proposals(proposals, targets)
+        else:
+            boxes = [p["boxes"] for p in proposals]
+        predictions = self.box_predictor(self.box_features(features[self.in_feature], boxes))
+        if self.training:
+            return [], self.box_predictor.losses(predictions, torch.cat(boxes), torch.cat(gt_classes), torch.cat(gt_boxes))
+        return self.box_predictor.inference(predictions, boxes, image_sizes), {}
+
+    def box_features(self, feature: torch.Tensor, boxes: List[torch.Tensor]) -> torch.Tensor:
+        """``(N, C, H, W)`` and N box lists -> ``(sum R_i, C5)``: pooled, res5, global average pool."""
+        return self.res5(self.pooler(feature, boxes)).mean(dim=(2, 3))
+
+    @torch.no_grad()
+    def label_and_sample_proposals(
+        self, proposals: List[Dict[str, torch.Tensor]], targets: List[Dict[str, torch.Tensor]]
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor], List[torch.Tensor]]:
+        """Per image: sampled boxes ``(S, 4)``, their classes ``(S,)`` (K: background) and matched
+        ground-truth boxes ``(S, 4)`` (zeros where there is no ground truth)."""
+        sampled_boxes, sampled_classes, sampled_gt = [], [], []
+        num_fg = num_bg = 0
+        for props, target in zip(proposals, targets):
+            boxes = props["boxes"]
+            gt_boxes = target["gt_boxes"].to(boxes)
+            gt_classes = target["gt_classes"].to(device=boxes.device, dtype=torch.int64)
+            num_props = len(boxes)
+            if self.proposal_append_gt:
+                boxes = torch.cat([boxes, gt_boxes])
+            matches, labels = self.proposal_matcher(box_iou(gt_boxes, boxes))
+            if "crowd_boxes" in target:  # only real proposals, not the appended ground truth
+                ignore_crowd_overlaps(labels[:num_props], boxes[:num_props], target["crowd_boxes"], self.crowd_overlap_thresh)
+            if len(gt_boxes):
+                classes = gt_classes[matches]
+                classes[labels == 0] = self.num_classes
+                classes[labels == -1] = -1
+                matched_gt = gt_boxes[matches]
+            else:
+                classes = torch.where(labels == -1, -1, self.num_classes).to(torch.int64)
+                matched_gt = torch.zeros_like(boxes)
+            fg_idx, bg_idx = self.sampler((classes >= 0) & (classes < self.num_classes), classes == self.num_classes)
+            idx = torch.cat([fg_idx, bg_idx])
+            sampled_boxes.append(boxes[idx])
+            sampled_classes.append(classes[idx])
+            sampled_gt.append(matched_gt[idx])
+            num_fg, num_bg = num_fg + fg_idx.numel(), num_bg + bg_idx.numel()
+        storage = get_event_storage()
+        if storage is not None:
+            storage.put_scalar("roi_head/num_fg_samples", num_fg / len(proposals))
+            storage.put_scalar("roi_head/num_bg_samples", num_bg / len(proposals))
+        return sampled_boxes, sampled_classes, sampled_gt

@@ -1,0 +1,187 @@
+"""Match a converted state dict to a module's parameter names, load it, and report what happened."""
+from __future__ import annotations
+
+import logging
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from detres.modeling.weight_import.converters import read_checkpoint
+from detres.modeling.weight_import.sources import resolve
+
+__all__ = ["LoadReport", "align_names", "load_state_dict_any", "load_weights"]
+
+logger = logging.getLogger(__name__)
+_COUNTER = "num_batches_tracked"  # BatchNorm's step counter: not a weight, never reported
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_weights` did: ``str(report)`` is a readable summary.
+
+    ``missing``: module entries the checkpoint does not provide (left as initialised);
+    ``unexpected``: checkpoint entries (detres names) the module has no place for;
+    ``shape_mismatch``: ``(module name, checkpoint shape, module shape)``, not loaded;
+    ``ambiguous``: checkpoint entries that match several module entries, not loaded.
+    """
+
+    source: str
+    path: str
+    format: str
+    loaded: int = 0
+    renamed: int = 0
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    shape_mismatch: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
+    ambiguous: List[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every module entry was loaded and every checkpoint entry was used."""
+        return not (self.missing or self.unexpected or self.shape_mismatch or self.ambiguous)
+
+    def __str__(self) -> str:
+        origin = self.source if self.source == self.path else f"{self.source} ({self.path})"
+        lines = [f"weights from {origin}, format {self.format}: loaded {self.loaded} tensors"
+                 + (f" ({self.renamed} matched under a prefix, e.g. backbone./roi_heads.)" if self.renamed else "")]
+        lines += _section("missing in the checkpoint (left as initialised)", self.missing)
+        lines += _section("unexpected (in the checkpoint, not in the module)", self.unexpected)
+        lines += _section(
+            "shape mismatch (not loaded)", [f"{n}: checkpoint {tuple(c)} vs module {tuple(m)}" for n, c, m in self.shape_mismatch]
+        )
+        lines += _section("ambiguous (several possible targets, not loaded)", self.ambiguous)
+        return "\n".join(lines)
+
+
+def _section(title: str, names: Sequence[str], limit: int = 12) -> List[str]:
+    """Up to ``limit`` names one per line; more are summarised per module group (``res5.*``)."""
+    if not names:
+        return []
+    if len(names) <= limit:
+        return [f"{len(names)} {title}:"] + [f"  {n}" for n in names]
+    groups: Dict[str, int] = defaultdict(int)
+    for n in names:
+        parts = n.split(".")
+        numeric = [i for i, p in enumerate(parts) if p.isdigit()]
+        groups[".".join(parts[: numeric[0] if numeric else max(1, len(parts) - 2)])] += 1
+    return [f"{len(names)} {title}:"] + [f"  {g}.* ({c} tensors)" for g, c in groups.items()]
+
+
+def _canonical(name: str) -> str:
+    """The name relative to the ResNet: ``backbone.res4...`` -> ``res4...``; ``roi_heads.res5...``
+    (a C4 detector's per-region res5) -> ``res5...``."""
+    name = re.sub(r"^backbone\.", "", name)
+    return re.sub(r"^roi_heads\.res5\.", "res5.", name)
+
+
+def _is_dotted_suffix(a: str, b: str) -> bool:
+    short, long_ = (a, b) if len(a) <= len(b) else (b, a)
+    return "." in short and (long_ == short or long_.endswith("." + short))
+
+
+def align_names(ckpt_keys: Sequence[str], module_keys: Sequence[str]) -> Tuple[Dict[str, str], List[str]]:
+    """Map module names to checkpoint names: ``({module name: checkpoint name}, ambiguous ckpt names)``.
+
+    In order: identical names; identical after :func:`_canonical` on both sides (so a backbone
+    checkpoint fills ``backbone.*`` and a C4 detector's ``roi_heads.res5.*``, and a detector's
+    checkpoint fills a bare backbone, res5 included); then one name being a dotted suffix of the
+    other (a module nested under another prefix). Only one-to-one matches are used.
+    """
+    ckpt_set = set(ckpt_keys)
+    mapping = {k: k for k in module_keys if k in ckpt_set}
+    free_ckpt = [k for k in ckpt_keys if k not in mapping]
+    ckpt_by_canon: Dict[str, List[str]] = defaultdict(list)
+    for k in free_ckpt:
+        ckpt_by_canon[_canonical(k)].append(k)
+    module_by_canon: Dict[str, List[str]] = defaultdict(list)
+    for k in module_keys:
+        if k not in mapping:
+            module_by_canon[_canonical(k)].append(k)
+    for canon, names in module_by_canon.items():
+        if len(names) == 1 and len(ckpt_by_canon.get(canon, [])) == 1:
+            mapping[names[0]] = ckpt_by_canon[canon][0]
+    used = set(mapping.values())
+    free_ckpt = [k for k in free_ckpt if k not in used]
+    free_module = [k for k in module_keys if k not in mapping]
+    candidates: Dict[str, List[str]] = {k: [] for k in free_module}
+    ckpt_hits: Dict[str, int] = defaultdict(int)
+    ckpt_canon = {c: _canonical(c) for c in free_ckpt}
+    for m in free_module:
+        m_canon = _canonical(m)
+        for c in free_ckpt:
+            if _is_dotted_suffix(m_canon, ckpt_canon[c]):
+                candidates[m].append(c)
+                ckpt_hits[c] += 1
+    ambiguous = set()
+    for m, cs in candidates.items():
+        if len(cs) == 1 and ckpt_hits[cs[0]] == 1:
+            mapping[m] = cs[0]
+        else:
+            ambiguous.update(cs)
+    return mapping, sorted(ambiguous)
+
+
+def load_state_dict_any(spec: Union[str, Path], progress: bool = True) -> Dict[str, torch.Tensor]:
+    """The state dict of ``spec`` (path, URL or short scheme) with detres names, as CPU tensors."""
+    return read_checkpoint(resolve(spec, progress=progress))[1]
+
+
+def load_weights(module: nn.Module, spec: Union[str, Path], strict: bool = False, progress: bool = True) -> LoadReport:
+    """Load the weights named by ``spec`` into ``module`` (format detected, names converted).
+
+    ``strict=True`` raises ``RuntimeError`` with the report (and leaves ``module`` untouched) when
+    anything is missing, unexpected, ambiguous or of the wrong shape; otherwise the matching
+    tensors are loaded and the problems are logged as a warning.
+    """
+    path = resolve(spec, progress=progress)
+    fmt, ckpt = read_checkpoint(path)
+    own = module.state_dict()
+    ckpt = {k: v for k, v in ckpt.items() if not (k.endswith(_COUNTER) and k not in own)}
+    mapping, ambiguous = align_names(list(ckpt), list(own))
+    report = LoadReport(source=str(spec), path=str(path), format=fmt, ambiguous=ambiguous)
+    to_load: Dict[str, torch.Tensor] = {}
+    for name, ckpt_name in mapping.items():
+        value = ckpt[ckpt_name]
+        if tuple(value.shape) != tuple(own[name].shape):
+            report.shape_mismatch.append((name, tuple(value.shape), tuple(own[name].shape)))
+            continue
+        to_load[name] = value
+        report.renamed += name != ckpt_name
+    used = set(mapping.values())
+    report.loaded = len(to_load)
+    report.missing = [k for k in own if k not in mapping and not k.endswith(_COUNTER)]
+    report.unexpected = [k for k in ckpt if k not in used and k not in ambiguous]
+    if strict and not report.ok:
+        raise RuntimeError(f"strict loading failed:\n{report}")
+    module.load_state_dict(to_load, strict=False)
+    _warn_style(module, fmt, to_load)
+    (logger.info if report.ok else logger.warning)("%s", report)
+    return report
+
+
+def _warn_style(module: nn.Module, fmt: str, loaded: Dict[str, torch.Tensor]) -> None:
+    """Warn when torchvision ("pytorch" style) or MSRA ("msra" style) bottleneck weights go into a
+    module whose downsampling bottlenecks put the stride in the other conv."""
+    expected = {"torchvision": "pytorch", "msra": "msra"}.get(fmt)
+    if expected is None:
+        return
+    for name in loaded:
+        m = re.match(r"^(.*res[3-5]\.0)\.conv3\.conv\.weight$", name)
+        if m is None:
+            continue
+        strides = [tuple(module.get_submodule(f"{m.group(1)}.{c}.conv").stride) for c in ("conv1", "conv2")]
+        if strides[0] == strides[1]:
+            continue  # no downsampling in this block (e.g. a dilated res5)
+        actual = "msra" if strides[0] != (1, 1) else "pytorch"
+        if actual != expected:
+            logger.warning(
+                "%s weights are %s style (stride in the %s conv) but %s is %s style; set MODEL.RESNETS.STYLE / "
+                "style=%r to reproduce the original network", fmt, expected,
+                "3x3" if expected == "pytorch" else "first 1x1", m.group(1), actual, expected,
+            )
+        return

@@ -1,0 +1,42 @@
+"""Logging set-up: the main process logs to stdout and ``<output_dir>/log.txt``; other processes
+only print warnings and errors (prefixed with their rank) so that a multi-process run reads as one log."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Optional
+
+__all__ = ["setup_logger"]
+
+_FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
+_DATEFMT = "%m/%d %H:%M:%S"
+
+
+def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "detres") -> logging.Logger:
+    """Configure (idempotently) and return the ``name`` logger.
+
+    Args:
+        output_dir: when given, the main process also appends to ``output_dir/log.txt``.
+        rank: this process's global rank; ranks > 0 log WARNING and above to stderr only.
+    """
+    logger = logging.getLogger(name)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    for handler in list(logger.handlers):  # re-running set-up (tests, a second run) replaces handlers
+        logger.removeHandler(handler)
+        handler.close()
+
+    prefix = "" if rank == 0 else f"[rank {rank}] "
+    console = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
+    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    console.setFormatter(logging.Formatter(prefix + _FORMAT, datefmt=_DATEFMT))
+    logger.addHandler(console)
+
+    if output_dir and rank == 0:
+        os.makedirs(output_dir, exist_ok=True)
+        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+        file_handler.setLevel(logging.DEBUG)
+        file_handler.setFormatter(logging.Formatter(_FORMAT, datefmt=_DATEFMT))
+        logger.addHandler(file_handler)
+    return logger

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Run a detection model on images and draw its boxes, class names and scores.
+
+    python tools/demo.py --config configs/detection/X.yaml --input image.jpg --output out/ MODEL.WEIGHTS model.pth
+    python tools/demo.py --config X.yaml --input folder/ --output out/ --confidence 0.3 [KEY VALUE ...]
+
+Images are preprocessed like the test loader (``INPUT.FORMAT``, shortest-edge resize to
+``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``); detections with score >= ``--confidence`` are drawn on
+the original image and written to ``--output`` under the input's file name (as .jpg), with one line
+per image printed. Class names come from the metadata of the config's first test (else training)
+dataset; without MODEL.WEIGHTS the model keeps its random initialisation (a warning says so).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from detres.config import ConfigError, load_config  # noqa: E402
+from detres.data.build import register_from_config  # noqa: E402
+from detres.data.catalog import MetadataCatalog  # noqa: E402
+from detres.data.classification.datasets import IMAGE_EXTENSIONS  # noqa: E402
+from detres.data.detection.mapper import ImageReadError, read_image  # noqa: E402
+from detres.data.detection.transforms import DetectionAugmentation  # noqa: E402
+from detres.modeling.meta_arch.build import build_model  # noqa: E402
+from detres.utils.visualizer import draw_instances  # noqa: E402
+
+logger = logging.getLogger("detres.demo")
+
+
+def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a detres detection config")
+    parser.add_argument("--input", required=True, help="an image file or a folder of images")
+    parser.add_argument("--output", required=True, help="folder for the drawn images")
+    parser.add_argument("--confidence", type=float, default=0.5, help="minimum score of a drawn detection")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS x.pth")
+    return parser.parse_args(argv)
+
+
+def input_images(path: Path) -> List[Path]:
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+        if not images:
+            raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {path}")
+        return images
+    if not path.is_file():
+        raise ValueError(f"input not found: {path}")
+    return [path]
+
+
+def class_names(cfg) -> Optional[List[str]]:
+    register_from_config(cfg)
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        names = getattr(MetadataCatalog.get(name), "thing_classes", None)
+        if names is not None and len(names) == cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+            return list(names)
+    logger.warning("no dataset of the config has %d class names; labelling detections by class index",
+                   cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    return None
+
+
+def build_predictor(cfg) -> torch.nn.Module:
+    model = build_model(cfg)
+    if cfg.MODEL.WEIGHTS:
+        from detres.modeling.weight_import import load_weights
+
+        load_weights(model, cfg.MODEL.WEIGHTS)
+    else:
+        logger.warning("MODEL.WEIGHTS is empty: the model has random weights, its detections are meaningless")
+    return model.eval()
+
+
+@torch.inference_mode()
+def predict(model: torch.nn.Module, cfg, image_path: Path) -> dict:
+    """The model's detection output for one image ("boxes" XYXY in the image's own pixels, "scores", "classes")."""
+    image = read_image(str(image_path), cfg.INPUT.FORMAT)
+    h, w = image.shape[:2]
+    transform = DetectionAugmentation.from_config(cfg, is_train=False).sample(h, w, np.random.default_rng(0))
+    tensor = torch.from_numpy(transform.apply_image(image).transpose(2, 0, 1).copy())
+    return model([{"image": tensor, "height": h, "width": w}])[0]
+
+
+def run(args: argparse.Namespace) -> List[Path]:
+    cfg = load_config(args.config, args.opts)
+    images = input_images(Path(args.input))
+    names = class_names(cfg)
+    model = build_predictor(cfg)
+    out_dir = Path(args.output)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in images:
+        output = {k: v.detach().cpu().numpy() for k, v in predict(model, cfg, path).items()}
+        keep = output["scores"] >= args.confidence
+        picture = draw_instances(read_image(str(path), "BGR"), output["boxes"][keep], output["classes"][keep],
+                                 output["scores"][keep], names)
+        target = out_dir / (path.stem + ".jpg")
+        if not cv2.imwrite(str(target), picture):
+            raise OSError(f"cannot write {target}")
+        written.append(target)
+        print(f"{path}: {int(keep.sum())} detections with score >= {args.confidence} -> {target}")
+    return written
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    try:
+        run(args)
+    except (ConfigError, ValueError, ImageReadError) as e:
+        sys.exit(f"demo.py: error: {e}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+#!/usr/bin/env python
+"""Train or evaluate any detres model (classification or detection) from a config.
+
+    python tools/train_net.py --config X.yaml [KEY VALUE ...]
+    python tools/train_net.py --config X.yaml --resume                 # continue OUTPUT_DIR's last checkpoint
+    python tools/train_net.py --config X.yaml --eval-only MODEL.WEIGHTS path/or/url
+    python tools/train_net.py --config X.yaml --num-gpus 8             # one process per GPU (NCCL)
+    python tools/train_net.py --config X.yaml --num-gpus 2 MODEL.DEVICE cpu   # 2 CPU processes (gloo)
+    torchrun --nproc-per-node 4 tools/train_net.py --config X.yaml     # env:// rendezvous
+
+The task (loaders, evaluator) follows from the datasets' metadata and the model from
+MODEL.META_ARCHITECTURE. A config error (unknown key, wrong type) prints one line and exits with 2.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from detres.config import ConfigError, load_config  # noqa: E402
+from detres.engine.checkpoint import Checkpointer, atomic_write  # noqa: E402
+from detres.engine.defaults import default_argument_parser, default_setup  # noqa: E402
+from detres.engine.launch import default_backend, launch  # noqa: E402
+from detres.engine.trainer import Trainer  # noqa: E402
+from detres.modeling.meta_arch.build import resolve_device  # noqa: E402
+from detres.utils import comm  # noqa: E402
+
+logger = logging.getLogger("detres.train_net")
+
+
+def setup(args):
+    cfg = load_config(args.config_file, args.opts)
+    return default_setup(cfg, args)
+
+
+def evaluate_only(cfg, args):
+    model = Trainer.build_model(cfg)
+    checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
+    if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+        raise ConfigError("--eval-only needs MODEL.WEIGHTS (or --resume with a checkpoint in OUTPUT_DIR)")
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+    results = Trainer.test(cfg, model)
+    if comm.is_main_process():
+        path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
+        atomic_write(path, lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
+        logger.info(f"Evaluation results written to {path}:\n{json.dumps(results, indent=2)}")
+    return results
+
+
+def main(args):
+    try:
+        cfg = setup(args)
+        if args.eval_only:
+            return evaluate_only(cfg, args)
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+        return trainer.train()
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def cli(argv=None) -> None:
+    args = default_argument_parser(__doc__).parse_args(argv)
+    try:  # validate in the launching process: errors print once, before any process is spawned
+        cfg = load_config(args.config_file, args.opts)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    use_gpu = resolve_device(cfg.MODEL.DEVICE).type == "cuda"
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,), backend=default_backend(use_gpu))
+
+
+if __name__ == "__main__":
+    cli()
