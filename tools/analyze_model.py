@@ -5,7 +5,8 @@
     python tools/analyze_model.py --config configs/X.yaml [KEY VALUE ...] [--input-size 600]
     python tools/analyze_model.py --table paper [--json]
 
-``--config`` analyses the config's meta-architecture when it is registered, else its backbone.
+``--config`` analyses the config's meta-architecture when it is registered, else its backbone
+(a detector's FLOPs depend on the proposals kept for the random analysis image).
 ``--table paper`` compares every ImageNet depth's GFLOPs and every CIFAR depth's parameters with
 the paper's numbers. See :mod:`detres.utils.analysis` for what is counted.
 """

@@ -94,11 +94,10 @@ def default_setup(cfg: CfgNode, args: Optional[argparse.Namespace] = None,
     logger = setup_logger(output_dir, rank)
     argv = list(sys.argv if argv is None else argv)
     logger.info(f"Rank {rank} of {comm.get_world_size()}; command line: {shlex.join(argv)}")
-    env = collect_env_info()
-    logger.info("Environment:\n" + env)
-    logger.info("Full config:\n" + cfg.dump())
-
     if comm.is_main_process():
+        env = collect_env_info()
+        logger.info("Environment:\n" + env)
+        logger.info("Full config:\n" + cfg.dump())
         info = {
             "command": shlex.join(argv),
             "argv": argv,

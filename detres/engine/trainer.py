@@ -4,7 +4,8 @@
 the hooks (evaluation, checkpoints, writers); ``resume_or_load`` restores a checkpoint or loads
 ``MODEL.WEIGHTS``; ``train`` builds the train loader at the start iteration and runs to
 ``SOLVER.MAX_ITER``. Nothing here is task-specific: the datasets' metadata choose the loaders and
-evaluators, the config chooses the model.
+evaluators, the config chooses the model. A train loader that computed a ``pixel_mean_image`` from
+the training set hands it to the model (``model.set_pixel_mean_image``) before the first iteration.
 
 Exact resume: a checkpoint holds the model, optimizer, scheduler, grad scaler, the number of
 completed iterations and every process's RNG states; the train loader is rebuilt at that iteration
@@ -168,6 +169,9 @@ class Trainer:
             logger.info(f"Nothing to do: {self.start_iter} iterations done, SOLVER.MAX_ITER is {self.max_iter}")
             return
         self.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+        mean_image = getattr(self.data_loader, "pixel_mean_image", None)  # a statistic of the training set
+        if mean_image is not None:
+            unwrap_model(self.model).set_pixel_mean_image(mean_image)
         self._data_iter = iter(self.data_loader)  # draws from torch's RNG: before restoring the saved states
         if self._pending_rng is not None:
             restore_rng_state(self._pending_rng)

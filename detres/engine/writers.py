@@ -4,7 +4,8 @@
   ``window`` iterations), lr, time/iter, data time and ETA.
 * :class:`JSONWriter` appends one JSON object per call to ``metrics.json``: ``iteration`` plus every
   scalar put since the previous call, averaged over those iterations (so ``cls_error`` is the
-  running training error of the period; an evaluation metric, put once, is its value).
+  running training error of the period; an evaluation metric, put once, is its value), except
+  ``lr``, which is its latest value.
 * :class:`TensorboardWriter` writes the same averages plus the images put into ``storage.images``.
 """
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 from typing import Dict, Optional
 
 import torch
@@ -37,21 +39,27 @@ def _storage() -> EventStorage:
 
 
 class _PeriodAverages:
-    """Per-scalar mean of the values put since the previous call, as ``{name: (mean, last_iter)}``."""
+    """Per-scalar mean of the values put since the previous call, as ``{name: (mean, last_iter)}``;
+    the names in ``LATEST`` give their latest value instead."""
+
+    LATEST = ("lr",)
 
     def __init__(self) -> None:
         self._written_iter: Dict[str, int] = {}
 
     def __call__(self, storage: EventStorage) -> Dict[str, tuple]:
         out = {}
-        for name, (_, last_iter) in storage.latest().items():
+        for name, (latest, last_iter) in storage.latest().items():
             after = self._written_iter.get(name, -1)
             if last_iter <= after:
                 continue
+            self._written_iter[name] = last_iter
+            if name in self.LATEST:
+                out[name] = (latest, last_iter)
+                continue
             # scalars are put at most once per iteration: the new ones are among the last (iter - after)
             values = [v for v, it in storage.history(name, last=last_iter - after) if it > after]
-            out[name] = (sum(values) / len(values), last_iter)
-            self._written_iter[name] = last_iter
+            out[name] = (math.fsum(values) / len(values), last_iter)
         return out
 
 

@@ -121,7 +121,8 @@ def analyze_backbone(
 def analyze_config(cfg, input_size: Optional[int] = None) -> Dict[str, Any]:
     """Analyse the model a config describes: ``build_model(cfg)`` (on CPU) when its
     ``MODEL.META_ARCHITECTURE`` is registered, else ``build_backbone(cfg)``. ``input_size``
-    defaults to 32 for the CIFAR backbone and 224 otherwise."""
+    defaults to 32 for the CIFAR backbone and 224 otherwise. A detector's per-region cost depends
+    on how many proposals survive on the (random) analysis image, so its GFLOPs are indicative."""
     import detres.modeling.meta_arch  # noqa: F401  (registers the meta-architectures)
     from detres.modeling.backbone import build_backbone
     from detres.modeling.meta_arch.build import META_ARCH_REGISTRY, build_model

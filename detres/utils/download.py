@@ -103,6 +103,8 @@ def download(
     try:
         with os.fdopen(fd, "wb") as out:
             digest = _fetch(url, out, progress, timeout, target)
+            out.flush()
+            os.fsync(out.fileno())
         _check_hash(digest, sha256, f"download of {url} (the file was discarded)")
         os.replace(tmp_name, target)
     except BaseException:
@@ -112,13 +114,14 @@ def download(
     if not sha256:
         logger.info("downloaded %s to %s (sha256 %s, not verified: no known hash)", url, target, digest)
     else:
-        logger.info("downloaded %s to %s (sha256 %s verified)", url, target, digest)
+        kind = "sha256" if len(sha256) == 64 else "its sha256 prefix"
+        logger.info("downloaded %s to %s (sha256 %s, verified against %s)", url, target, digest, kind)
     return target
 
 
 def _fetch(url: str, out, progress: bool, timeout: float, target: Path) -> str:
     """Stream ``url`` into the open file ``out``; return the sha256 of what was written."""
-    manual = f"Place the file there manually to use it offline: {target}"
+    manual = f"To use it offline, fetch the file elsewhere and place it at: {target}"
     opener = urllib.request.build_opener()  # fresh proxy settings from the environment
     request = urllib.request.Request(url, headers={"User-Agent": "detres"})
     h = hashlib.sha256()
@@ -143,7 +146,7 @@ def _fetch(url: str, out, progress: bool, timeout: float, target: Path) -> str:
     except (urllib.error.URLError, http.client.HTTPException, OSError) as e:
         reason = getattr(e, "reason", e)
         raise DownloadError(
-            f"cannot download {url}: {reason} (offline or unreachable after {received} bytes). {manual}"
+            f"cannot download {url}: {reason} (offline or server unreachable; {received} bytes received). {manual}"
         ) from e
     if total is not None and received != total:
         raise DownloadError(f"cannot download {url}: transfer interrupted after {received} of {total} bytes. {manual}")

@@ -38,7 +38,7 @@ def draw_instances(
         cls = int(cls)
         colour = class_colour(cls)
         x1, y1, x2, y2 = (int(round(v)) for v in box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness, cv2.LINE_AA)
+        cv2.rectangle(out, (x1, y1), (x2, y2), colour, thickness)
         name = class_names[cls] if class_names is not None and 0 <= cls < len(class_names) else f"class {cls}"
         label = name if scores is None else f"{name} {float(scores[i]):.2f}"
         (tw, th), baseline = cv2.getTextSize(label, cv2.FONT_HERSHEY_SIMPLEX, font_scale, 1)

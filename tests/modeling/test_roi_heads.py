@@ -16,28 +16,28 @@ IMAGE_SIZES = [(128, 192), (256, 160)]
 NUM_CLASSES = 5
 
 
-def _cfg(depth: int):
+def _cfg(depth: int, res2_out: int = 64):
     cfg = get_cfg()
     cfg.merge_from_file("configs/detection/Base-RCNN-C4.yaml")
     cfg.merge_from_dict(
         {
             "MODEL": {
-                "RESNETS": {"DEPTH": depth, "WIDTH_PER_GROUP": 16, "RES2_OUT_CHANNELS": 64},
-                "ROI_HEADS": {"NUM_CLASSES": NUM_CLASSES, "BATCH_SIZE_PER_IMAGE": 32, "SCORE_THRESH_TEST": 0.0},
+                "RESNETS": {"DEPTH": depth, "WIDTH_PER_GROUP": 16, "RES2_OUT_CHANNELS": res2_out},
+                "ROI_HEADS": {"NUM_CLASSES": NUM_CLASSES, "BATCH_SIZE_PER_IMAGE": 16, "SCORE_THRESH_TEST": 0.0},
             }
         }
     )
     return cfg
 
 
-def _inputs():
+def _inputs(channels: int = 256):
     g = torch.Generator().manual_seed(0)
-    features = {"res4": torch.rand(2, 256, 16, 16, generator=g)}
+    features = {"res4": torch.rand(2, channels, 16, 16, generator=g)}
     proposals = []
     for h, w in IMAGE_SIZES:
-        xy = torch.rand(40, 2, generator=g) * torch.tensor([w / 2, h / 2])
-        wh = torch.rand(40, 2, generator=g) * torch.tensor([w / 2, h / 2]) + 8
-        proposals.append({"boxes": torch.cat([xy, xy + wh], 1), "logits": torch.zeros(40)})
+        xy = torch.rand(12, 2, generator=g) * torch.tensor([w / 2, h / 2])
+        wh = torch.rand(12, 2, generator=g) * torch.tensor([w / 2, h / 2]) + 8
+        proposals.append({"boxes": torch.cat([xy, xy + wh], 1), "logits": torch.zeros(12)})
     targets = [
         {"gt_boxes": torch.tensor([[10.0, 10.0, 90.0, 100.0], [100.0, 20.0, 180.0, 60.0]]), "gt_classes": torch.tensor([1, 4])},
         {"gt_boxes": torch.zeros(0, 4), "gt_classes": torch.zeros(0, dtype=torch.int64)},
@@ -45,16 +45,18 @@ def _inputs():
     return features, proposals, targets
 
 
-@pytest.mark.parametrize("depth,block,channels", [(18, BasicBlock, 512), (50, BottleneckBlock, 512)])
-def test_res5_head_train_and_inference(depth, block, channels):
+# Narrow widths keep the CPU test fast: R18 with res2 32 channels (res4 128, res5 256); R50 with
+# bottleneck width 16 (res4 256, res5 512 = 8 x RES2_OUT_CHANNELS).
+@pytest.mark.parametrize("depth,res2_out,block,channels", [(18, 32, BasicBlock, 256), (50, 64, BottleneckBlock, 512)])
+def test_res5_head_train_and_inference(depth, res2_out, block, channels):
     torch.manual_seed(0)
-    heads = build_roi_heads(_cfg(depth), {"res4": ShapeSpec(256, 16)})
+    heads = build_roi_heads(_cfg(depth, res2_out), {"res4": ShapeSpec(channels // 2, 16)})
     assert len(heads.res5) == (2 if depth == 18 else 3)
     assert all(isinstance(b, block) for b in heads.res5) and heads.res5[0].stride == 2
     assert heads.box_predictor.cls_score.out_features == NUM_CLASSES + 1
     assert heads.box_predictor.bbox_pred.out_features == NUM_CLASSES * 4
     assert heads.box_predictor.cls_score.in_features == channels
-    features, proposals, targets = _inputs()
+    features, proposals, targets = _inputs(channels // 2)
 
     heads.train()
     torch.manual_seed(1)
@@ -70,8 +72,9 @@ def test_res5_head_train_and_inference(depth, block, channels):
     assert losses["loss_cls"].item() == pytest.approx(expected.item(), rel=1e-5)
     assert 0.5 < losses["loss_cls"].item() / math.log(NUM_CLASSES + 1) < 1.5  # near-uniform at init
     assert torch.isfinite(losses["loss_box_reg"]) and losses["loss_box_reg"].item() > 0
-    assert 0 < storage.latest()["roi_head/num_fg_samples"][0] <= 32 * 0.25
-    assert storage.latest()["roi_head/num_bg_samples"][0] == pytest.approx(32 - storage.latest()["roi_head/num_fg_samples"][0], abs=4)
+    num_fg, num_bg = storage.latest()["roi_head/num_fg_samples"][0], storage.latest()["roi_head/num_bg_samples"][0]
+    assert 0 < num_fg <= 16 * 0.25 and num_fg + num_bg <= 16
+    assert num_bg >= 6  # the image without ground truth alone gives 12 background regions (mean over 2 images)
     sum(losses.values()).backward()
     assert heads.res5[0].conv1.conv.weight.grad.abs().sum() > 0
 

@@ -35,7 +35,7 @@ __all__ = [
     "RandomCrop",
     "RandomHorizontalFlip",
     "RandomShortSideResize",
-    "TestViews",
+    "InferenceViews",
     "TrainAugmentation",
     "build_test_transform",
     "build_train_transform",
@@ -117,7 +117,7 @@ class TrainAugmentation:
         return image
 
 
-class TestViews:
+class InferenceViews:
     """Deterministic test views of one image; see the module docstring for the modes."""
 
     def __init__(
@@ -168,13 +168,13 @@ def build_train_transform(cfg) -> TrainAugmentation:
     return TrainAugmentation(ops)
 
 
-def build_test_transform(cfg) -> TestViews:
+def build_test_transform(cfg) -> InferenceViews:
     """The test views of ``TEST.CLS_MODE`` for the recipe ``INPUT.CLS.AUGMENTATION`` names."""
     c = cfg.INPUT.CLS
     if c.AUGMENTATION not in AUGMENTATIONS:
         raise ValueError(f"INPUT.CLS.AUGMENTATION must be one of {AUGMENTATIONS}, got {c.AUGMENTATION!r}")
     imagenet = c.AUGMENTATION == "imagenet"
-    return TestViews(
+    return InferenceViews(
         cfg.TEST.CLS_MODE,
         c.CROP_SIZE,
         short_size=c.TEST_SHORT_SIZE if imagenet else None,

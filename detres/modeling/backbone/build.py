@@ -47,6 +47,8 @@ def backbone_cfg(name: str, out_features: Optional[Sequence[str]] = None, **over
     node = cfg.MODEL[node_name]
     node.DEPTH = depth
     node.PLAIN = plain
+    if is_cifar:
+        cfg.MODEL.CLASSIFIER.NUM_CLASSES = 10  # CIFAR-10
     if out_features is not None:
         node.OUT_FEATURES = list(out_features)
     values = {}
@@ -83,7 +85,7 @@ def create_backbone(
 ) -> Backbone:
     """A backbone module mapping ``(N, 3, H, W)`` images to a dict of feature maps.
 
-    Example: ``create_backbone("resnet101", out_features=["res4"], weights="msra", norm="FrozenBN")``.
+    Example: ``create_backbone("resnet101", out_features=["res4"], weights="msra://R-101", norm="FrozenBN")``.
     ``weights``: a local path, an http(s) URL or a short scheme (see ``detres.modeling.weight_import``).
     """
     cfg = backbone_cfg(name, out_features, **overrides)

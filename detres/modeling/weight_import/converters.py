@@ -157,8 +157,9 @@ def _unwrap(obj, path: Path) -> Mapping:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: expected a dict of weights, found {type(obj).__name__}")
     for key in ("blobs", "model", "state_dict"):
-        if isinstance(obj.get(key), Mapping):
-            return obj[key]
+        for variant in (key, key.encode()):  # bytes keys: a Python 3 pickle of a Python 2 dict
+            if isinstance(obj.get(variant), Mapping):
+                return obj[variant]
     return obj
 
 
@@ -170,7 +171,7 @@ def _to_tensors(mapping: Mapping, path: Path) -> Dict[str, torch.Tensor]:
         name = re.sub(r"^(module\.)+", "", name)
         if isinstance(value, torch.Tensor):
             out[name] = value
-        elif isinstance(value, (np.ndarray, np.generic)):
+        elif isinstance(value, (np.ndarray, np.generic)) and value.dtype != object:
             out[name] = torch.from_numpy(np.array(value))
         else:
             skipped.append(f"{name} ({type(value).__name__})")

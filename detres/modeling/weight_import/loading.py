@@ -48,28 +48,33 @@ class LoadReport:
     def __str__(self) -> str:
         origin = self.source if self.source == self.path else f"{self.source} ({self.path})"
         lines = [f"weights from {origin}, format {self.format}: loaded {self.loaded} tensors"
-                 + (f" ({self.renamed} matched under a prefix, e.g. backbone./roi_heads.)" if self.renamed else "")]
+                 + (f" ({self.renamed} under another prefix, e.g. backbone. / roi_heads.)" if self.renamed else "")]
         lines += _section("missing in the checkpoint (left as initialised)", self.missing)
         lines += _section("unexpected (in the checkpoint, not in the module)", self.unexpected)
         lines += _section(
-            "shape mismatch (not loaded)", [f"{n}: checkpoint {tuple(c)} vs module {tuple(m)}" for n, c, m in self.shape_mismatch]
+            "shape mismatch (not loaded)",
+            [f"{n}: checkpoint {tuple(c)} vs module {tuple(m)}" for n, c, m in self.shape_mismatch],
+            detail=5,
         )
         lines += _section("ambiguous (several possible targets, not loaded)", self.ambiguous)
         return "\n".join(lines)
 
 
-def _section(title: str, names: Sequence[str], limit: int = 12) -> List[str]:
-    """Up to ``limit`` names one per line; more are summarised per module group (``res5.*``)."""
+def _section(title: str, names: Sequence[str], limit: int = 12, detail: int = 0) -> List[str]:
+    """Up to ``limit`` entries one per line; beyond that the first ``detail`` ones, then the rest
+    summarised per module group (``res5.* (50 tensors)``)."""
     if not names:
         return []
     if len(names) <= limit:
         return [f"{len(names)} {title}:"] + [f"  {n}" for n in names]
     groups: Dict[str, int] = defaultdict(int)
-    for n in names:
-        parts = n.split(".")
+    for n in names[detail:]:
+        parts = n.split(":")[0].split(".")
         numeric = [i for i, p in enumerate(parts) if p.isdigit()]
         groups[".".join(parts[: numeric[0] if numeric else max(1, len(parts) - 2)])] += 1
-    return [f"{len(names)} {title}:"] + [f"  {g}.* ({c} tensors)" for g, c in groups.items()]
+    more = " more" if detail else ""
+    return ([f"{len(names)} {title}:"] + [f"  {n}" for n in names[:detail]]
+            + [f"  {g}.* ({c}{more} tensors)" for g, c in groups.items()])
 
 
 def _canonical(name: str) -> str:
@@ -170,14 +175,13 @@ def _warn_style(module: nn.Module, fmt: str, loaded: Dict[str, torch.Tensor]) ->
     expected = {"torchvision": "pytorch", "msra": "msra"}.get(fmt)
     if expected is None:
         return
+    modules = dict(module.named_modules())
     for name in loaded:
         m = re.match(r"^(.*res[3-5]\.0)\.conv3\.conv\.weight$", name)
-        if m is None:
-            continue
-        strides = [tuple(module.get_submodule(f"{m.group(1)}.{c}.conv").stride) for c in ("conv1", "conv2")]
-        if strides[0] == strides[1]:
-            continue  # no downsampling in this block (e.g. a dilated res5)
-        actual = "msra" if strides[0] != (1, 1) else "pytorch"
+        convs = [modules.get(f"{m.group(1)}.{c}.conv") for c in ("conv1", "conv2")] if m else []
+        if not convs or not all(isinstance(c, nn.Conv2d) for c in convs) or convs[0].stride == convs[1].stride:
+            continue  # not a bottleneck, or no downsampling in this block (e.g. a dilated res5)
+        actual = "msra" if tuple(convs[0].stride) != (1, 1) else "pytorch"
         if actual != expected:
             logger.warning(
                 "%s weights are %s style (stride in the %s conv) but %s is %s style; set MODEL.RESNETS.STYLE / "

@@ -89,6 +89,10 @@ def safe_load_pickle(path: Union[str, Path]) -> Any:
         try:
             return _RestrictedUnpickler(f, encoding="latin1").load()
         except UnsafePickleError as e:
-            raise UnsafePickleError(f"{path}: {e}. Only numpy arrays and plain containers are loaded from .pkl files.") from None
+            raise UnsafePickleError(
+                f"{path}: {e}. Only numpy arrays and plain containers are loaded from .pkl files."
+            ) from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError) as e:
-            raise pickle.UnpicklingError(f"{path}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})") from e
+            raise pickle.UnpicklingError(
+                f"{path}: not a readable pickle of numpy arrays ({type(e).__name__}: {e})"
+            ) from e

@@ -1,0 +1,59 @@
+"""tools/plot_curves.py parses metrics.json of several runs and draws one PNG."""
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+TOOL = Path(__file__).resolve().parents[2] / "tools" / "plot_curves.py"
+
+
+@pytest.fixture(scope="module")
+def plot_curves():
+    spec = importlib.util.spec_from_file_location("detres_tool_plot_curves", TOOL)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def fake_run(path: Path, final_train: float, final_test: float) -> Path:
+    """A metrics.json like the trainer's: training scalars every 20 iterations, evaluation every 100."""
+    path.mkdir()
+    lines = []
+    for it in range(19, 400, 20):
+        frac = (it + 1) / 400
+        record = {"iteration": it, "cls_error": 0.9 - (0.9 - final_train) * frac, "loss_cls": 2.0 - frac, "lr": 0.1}
+        if (it + 1) % 100 == 0:
+            record["cifar10_test/top1_error"] = 90.0 - (90.0 - final_test) * frac
+            record["cifar10_test/top5_error"] = 10.0
+        lines.append(json.dumps(record))
+    lines.append(json.dumps({"iteration": 399, "cifar10_test/top1_error": final_test}))  # a second write at the end
+    (path / "metrics.json").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_series_are_parsed_and_png_written(tmp_path, plot_curves):
+    plain = fake_run(tmp_path / "plain20", 0.12, 15.0)
+    res = fake_run(tmp_path / "resnet20", 0.05, 8.75)
+    out = tmp_path / "fig" / "curves.png"
+    data = plot_curves.plot_runs([str(plain), str(res)], ["plain-20", "ResNet-20"], str(out))
+    train_its, train_err = data["ResNet-20"]["train"]
+    test_its, test_err = data["ResNet-20"]["test"]
+    assert train_its == list(range(19, 400, 20)) and train_err[0] == pytest.approx(100 * (0.9 - 0.85 / 20))
+    assert train_err[-1] == pytest.approx(5.0)  # cls_error fraction -> percent
+    assert test_its == [99, 199, 299, 399] and test_err[-1] == pytest.approx(8.75)  # already percent
+    assert data["plain-20"]["test"][1][-1] == pytest.approx(15.0)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_cli_writes_png_and_reports_a_missing_run(tmp_path):
+    run = fake_run(tmp_path / "a", 0.1, 10.0)
+    out = tmp_path / "cli.png"
+    ok = subprocess.run([sys.executable, str(TOOL), "--runs", str(run), "--output", str(out)],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr and out.stat().st_size > 10_000
+    bad = subprocess.run([sys.executable, str(TOOL), "--runs", str(tmp_path / "nope"), "--output", str(out)],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "nope" in bad.stderr and "metrics.json" in bad.stderr

@@ -1,0 +1,112 @@
+"""tools/train_net.py end to end on a tiny classification config (generated shapes, CIFAR-style ResNet-8):
+train, exact resume with data-loader workers, eval-only, and config errors (one line, exit code 2)."""
+import importlib.util
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[2]
+TRAIN_NET = REPO / "tools" / "train_net.py"
+
+TINY = """\
+MODEL:
+  META_ARCHITECTURE: ImageClassifier
+  DEVICE: cpu
+  BACKBONE: {NAME: cifar_resnet}
+  CIFAR_RESNETS: {DEPTH: 8, WIDTHS: [4, 8, 16], SHORTCUT: A, OUT_FEATURES: [linear]}
+  CLASSIFIER: {NUM_CLASSES: 10}
+  PIXEL_STD: [64.0, 64.0, 64.0]
+INPUT:
+  CLS: {AUGMENTATION: cifar, CROP_SIZE: 32, PAD: 4, PER_PIXEL_MEAN: True}
+DATASETS:
+  TRAIN: [synthetic_cls_train]
+  TEST: [synthetic_cls_val]
+  SYNTHETIC: {NUM_TRAIN: 96, NUM_VAL: 40}
+DATALOADER: {NUM_WORKERS: 2}
+SOLVER:
+  IMS_PER_BATCH: 16
+  BASE_LR: 0.05
+  MAX_ITER: 8
+  STEPS: [6]
+  CHECKPOINT_PERIOD: 4
+TEST: {EVAL_PERIOD: 4, IMS_PER_BATCH: 20}
+SEED: 3
+"""
+
+
+@pytest.fixture(scope="module")
+def train_net():
+    spec = importlib.util.spec_from_file_location("detres_tool_train_net", TRAIN_NET)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    yield module
+    logging.getLogger("detres").handlers.clear()
+
+
+def metrics(out):
+    return [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
+
+
+def test_train_resume_and_eval_only_through_the_tool(tmp_path, train_net):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    # the uninterrupted run, as a user starts it
+    full = tmp_path / "full"
+    proc = subprocess.run([sys.executable, str(TRAIN_NET), "--config", str(cfg), "OUTPUT_DIR", str(full)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "iter: 7/8" in (full / "log.txt").read_text()
+    for name in ("config.yaml", "run_info.json", "env.txt", "log.txt", "metrics.json", "model_final.pth"):
+        assert (full / name).is_file(), name
+    evals = [x["synthetic_cls_val/top1_error"] for x in metrics(full) if "synthetic_cls_val/top1_error" in x]
+    assert len(evals) == 2 and all(0.0 <= e <= 100.0 for e in evals)
+
+    # the same run stopped after 4 iterations, then resumed to 8 (2 loader workers each time)
+    part = tmp_path / "part"
+    train_net.cli(["--config", str(cfg), "OUTPUT_DIR", str(part), "SOLVER.MAX_ITER", "4"])
+    assert torch.load(part / "model_final.pth", weights_only=True)["iteration"] == 4
+    train_net.cli(["--config", str(cfg), "--resume", "OUTPUT_DIR", str(part)])
+    a = torch.load(full / "model_final.pth", weights_only=True)
+    b = torch.load(part / "model_final.pth", weights_only=True)
+    assert a["iteration"] == b["iteration"] == 8
+    assert a["model"].keys() == b["model"].keys()
+    for name, value in a["model"].items():
+        assert torch.equal(value, b["model"][name]), f"{name} differs after resuming"
+    assert torch.equal(a["model"]["pixel_mean_image"], b["model"]["pixel_mean_image"])
+    assert a["model"]["pixel_mean_image"].std() > 1.0  # the training set's per-pixel mean, not a constant
+
+    # evaluation only, from the trained weights: the same error as the final evaluation of training
+    ev = tmp_path / "eval"
+    train_net.cli(["--config", str(cfg), "--eval-only", "OUTPUT_DIR", str(ev), "MODEL.WEIGHTS",
+                   str(full / "model_final.pth")])
+    results = json.loads((ev / "eval_results.json").read_text())
+    assert results["synthetic_cls_val"]["top1_error"] == pytest.approx(evals[-1])
+
+
+def test_config_errors_print_one_line_and_exit_2(tmp_path, train_net, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("SOLVER:\n  BASE_LRR: 0.1\n")
+    proc = subprocess.run([sys.executable, str(TRAIN_NET), "--config", str(bad)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "SOLVER.BASE_LRR" in lines[0] and "SOLVER.BASE_LR" in lines[0] and str(bad) in lines[0]
+
+    for argv, expected in [
+        (["SOLVER.MAX_ITR", "10"], "unknown config key 'SOLVER.MAX_ITR'"),
+        (["SOLVER.MAX_ITER", "ten"], "SOLVER.MAX_ITER"),
+        (["--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
+        (["SOLVER.LR_SCHEDULER", "poly", "OUTPUT_DIR", str(tmp_path / "o"), "MODEL.DEVICE", "cpu"],
+         "SOLVER.LR_SCHEDULER"),  # a bad value found while building the trainer
+        (["--eval-only", "OUTPUT_DIR", str(tmp_path / "e"), "MODEL.DEVICE", "cpu"], "MODEL.WEIGHTS"),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            train_net.cli(argv)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and expected in err and len(err.splitlines()) == 1, (argv, err)

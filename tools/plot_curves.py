@@ -1,0 +1,103 @@
+#!/usr/bin/env python
+"""Training and test error curves of several runs in one figure, like the paper's CIFAR-10 figure
+(plain-20/56 vs ResNet-20/56): dashed lines training error, solid lines test error, x = iterations.
+
+    python tools/plot_curves.py --runs output/cifar_plain20 output/cifar_resnet20 \\
+        --labels plain-20 ResNet-20 --output fig.png
+
+Each run directory holds the ``metrics.json`` the trainer writes (one JSON object per line). The
+training error is the ``--train-key`` scalar (default ``cls_error``, a fraction, averaged over each
+logging period) and the test error the ``--test-key`` scalar (default: the first key ending in
+``/top1_error``, in percent); ``--train-scale`` / ``--test-scale`` convert both to percent.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+Series = Tuple[List[int], List[float]]
+
+
+def load_series(run_dir: str, train_key: str = "cls_error", test_key: Optional[str] = None,
+                train_scale: float = 100.0, test_scale: float = 1.0) -> Dict[str, Series]:
+    """``{"train": (iterations, errors), "test": (iterations, errors)}`` from ``run_dir/metrics.json``,
+    sorted by iteration; a resumed run's repeated iterations keep their latest value."""
+    path = Path(run_dir) / "metrics.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist: is {run_dir} a detres output directory?")
+    train: Dict[int, float] = {}
+    test: Dict[int, float] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not a JSON object ({e})") from e
+        it = int(record["iteration"])
+        if test_key is None:
+            test_key = next((k for k in record if k.endswith("/top1_error")), None)
+        if train_key in record:
+            train[it] = float(record[train_key]) * train_scale
+        if test_key is not None and test_key in record:
+            test[it] = float(record[test_key]) * test_scale
+    if not train and not test:
+        raise ValueError(f"{path} has neither {train_key!r} nor a test error ({test_key or '*/top1_error'})")
+    return {name: (sorted(d), [d[i] for i in sorted(d)]) for name, d in (("train", train), ("test", test))}
+
+
+def plot_runs(runs: Sequence[str], labels: Sequence[str], output: str, title: str = "",
+              **series_options) -> Dict[str, Dict[str, Series]]:
+    """Draw every run's curves into ``output`` (PNG); returns the plotted series by label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    if len(labels) != len(runs):
+        raise ValueError(f"{len(runs)} runs but {len(labels)} labels")
+    data = {label: load_series(run, **series_options) for run, label in zip(runs, labels)}
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    for (label, series), color in zip(data.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
+        if series["train"][0]:
+            ax.plot(*series["train"], linestyle="--", linewidth=1.0, color=color, label=f"{label} (train)")
+        if series["test"][0]:
+            ax.plot(*series["test"], linestyle="-", linewidth=2.0, color=color, label=f"{label} (test)")
+    ax.set_xlabel("iterations")
+    ax.set_ylabel("error (%)")
+    ax.set_title(title or "dashed: training error, solid: test error")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(output)
+    plt.close(fig)
+    return data
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", nargs="+", required=True, help="output directories with metrics.json")
+    parser.add_argument("--labels", nargs="+", help="one label per run (default: the directory names)")
+    parser.add_argument("--output", default="curves.png", help="PNG file to write")
+    parser.add_argument("--title", default="")
+    parser.add_argument("--train-key", default="cls_error")
+    parser.add_argument("--test-key", default=None, help="default: the first key ending in /top1_error")
+    parser.add_argument("--train-scale", type=float, default=100.0, help="factor to percent (cls_error is a fraction)")
+    parser.add_argument("--test-scale", type=float, default=1.0, help="factor to percent (top1_error is in percent)")
+    args = parser.parse_args(argv)
+    labels = args.labels or [Path(r).name for r in args.runs]
+    try:
+        plot_runs(args.runs, labels, args.output, args.title, train_key=args.train_key, test_key=args.test_key,
+                  train_scale=args.train_scale, test_scale=args.test_scale)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(f"wrote {args.output}")
+
+
+if __name__ == "__main__":
+    main()
