@@ -150,6 +150,9 @@ class Trainer:
         if not extra:
             return
         self.start_iter = int(extra["iteration"])
+        if extra.get("seed", self.cfg.SEED) != self.cfg.SEED:
+            logger.warning(f"the checkpoint was trained with SEED {extra['seed']}, this run has SEED {self.cfg.SEED}: "
+                           "the resumed data stream differs from the interrupted run's")
         rng_states = extra.get("rng_states") or []
         if len(rng_states) == comm.get_world_size():
             self._pending_rng = rng_states[comm.get_rank()]
@@ -212,7 +215,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(params, self.cfg.SOLVER.CLIP_GRADIENTS)
         self.grad_scaler.step(self.optimizer)
         self.grad_scaler.update()
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = self.cfg.SOLVER.BASE_LR * self.scheduler.multiplier()  # this iteration's scheduled BASE_LR
         self.scheduler.step()
         self.storage.put_scalars(total_loss=sum(reduced.values()), **reduced, lr=lr,
                                  data_time=data_time, time=time.perf_counter() - start)

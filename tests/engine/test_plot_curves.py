@@ -46,6 +46,9 @@ def test_series_are_parsed_and_png_written(tmp_path, plot_curves):
     assert test_its == [99, 199, 299, 399] and test_err[-1] == pytest.approx(8.75)  # already percent
     assert data["plain-20"]["test"][1][-1] == pytest.approx(15.0)
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+    import matplotlib.image
+
+    assert matplotlib.image.imread(out).shape[:2] == (540, 840)  # 7 x 4.5 inches at 120 dpi
 
 
 def test_cli_writes_png_and_reports_a_missing_run(tmp_path):
@@ -53,7 +56,8 @@ def test_cli_writes_png_and_reports_a_missing_run(tmp_path):
     out = tmp_path / "cli.png"
     ok = subprocess.run([sys.executable, str(TOOL), "--runs", str(run), "--output", str(out)],
                         capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr and out.stat().st_size > 10_000
+    assert ok.returncode == 0, ok.stderr
+    assert out.stat().st_size > 10_000
     bad = subprocess.run([sys.executable, str(TOOL), "--runs", str(tmp_path / "nope"), "--output", str(out)],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and "nope" in bad.stderr and "metrics.json" in bad.stderr

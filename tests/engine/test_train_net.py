@@ -3,6 +3,7 @@ train, exact resume with data-loader workers, eval-only, and config errors (one 
 import importlib.util
 import json
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -58,7 +59,7 @@ def test_train_resume_and_eval_only_through_the_tool(tmp_path, train_net):
     # the uninterrupted run, as a user starts it
     full = tmp_path / "full"
     proc = subprocess.run([sys.executable, str(TRAIN_NET), "--config", str(cfg), "OUTPUT_DIR", str(full)],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iter: 7/8" in (full / "log.txt").read_text()
     for name in ("config.yaml", "run_info.json", "env.txt", "log.txt", "metrics.json", "model_final.pth"):
