@@ -14,6 +14,7 @@ draws from torch's RNG), so a resumed run reproduces the uninterrupted one bit f
 """
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -42,6 +43,12 @@ __all__ = ["Trainer"]
 
 logger = logging.getLogger(__name__)
 LOG_PERIOD = 20
+# BN statistics stay rank-local (no buffer broadcast at each forward); newer torch renamed the option
+_NO_BUFFER_SYNC = (
+    {"forward_sync_buffers": False}
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel.__init__).parameters
+    else {"broadcast_buffers": False}
+)
 
 
 def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
@@ -76,7 +83,7 @@ class Trainer:
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         if world > 1:
             ids = [comm.get_local_rank()] if self.device.type == "cuda" else None
-            model = DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False)
+            model = DistributedDataParallel(model, device_ids=ids, **_NO_BUFFER_SYNC)
         self.model = model
         self.checkpointer = Checkpointer(
             model, cfg.OUTPUT_DIR, optimizer=self.optimizer, scheduler=self.scheduler, grad_scaler=self.grad_scaler
@@ -172,6 +179,9 @@ class Trainer:
             logger.info(f"Nothing to do: {self.start_iter} iterations done, SOLVER.MAX_ITER is {self.max_iter}")
             return
         self.data_loader = self.build_train_loader(self.cfg, start_iter=self.start_iter)
+        mean_image = getattr(self.data_loader, "pixel_mean_image", None)
+        if mean_image is not None:  # a training-set statistic the classifier keeps as a checkpointed buffer
+            unwrap_model(self.model).set_pixel_mean_image(mean_image)
         mean_image = getattr(self.data_loader, "pixel_mean_image", None)  # a statistic of the training set
         if mean_image is not None:
             unwrap_model(self.model).set_pixel_mean_image(mean_image)

@@ -31,7 +31,6 @@ def topk_correct(scores: torch.Tensor, labels: torch.Tensor, ks=(1, 5)) -> List[
     return [int(hits[:, :k].any(dim=1).sum()) for k in ks]
 
 
-@EVALUATOR_REGISTRY.register("classification")
 class ClassificationEvaluator:
     """``reset()``, ``process(inputs, outputs)`` (inputs carry ``"label"``, outputs are ``(N, K)`` scores),
     ``evaluate() -> {"top1_error": %, "top5_error": %}`` gathered over all processes (main process;
@@ -72,3 +71,9 @@ class ClassificationEvaluator:
             with open(os.path.join(self.output_dir, "metrics.json"), "w") as f:
                 json.dump({**results, "num_images": count, "mode": self.mode}, f, indent=2)
         return results
+
+
+@EVALUATOR_REGISTRY.register()
+def classification(cfg, dataset_name: str, output_dir: Optional[str] = None) -> ClassificationEvaluator:
+    """Evaluator type "classification" (``MetadataCatalog.get(name).evaluator_type``)."""
+    return ClassificationEvaluator(cfg, dataset_name, output_dir)

@@ -76,11 +76,15 @@ class BoxCoder:
         pred_ctr_y = dy * heights + ctr_y
         half_w = 0.5 * torch.exp(dw) * widths
         half_h = 0.5 * torch.exp(dh) * heights
-        decoded = torch.stack((pred_ctr_x - half_w, pred_ctr_y - half_h, pred_ctr_x + half_w, pred_ctr_y + half_h), dim=2)
+        x1, y1 = pred_ctr_x - half_w, pred_ctr_y - half_h
+        x2, y2 = pred_ctr_x + half_w, pred_ctr_y + half_h
+        decoded = torch.stack((x1, y1, x2, y2), dim=2)  # (N, k, 4)
         return decoded.reshape(deltas.shape)
 
 
-def box_regression_loss(pred_deltas: torch.Tensor, target_deltas: torch.Tensor, loss_type: str, beta: float = 0.0) -> torch.Tensor:
+def box_regression_loss(
+    pred_deltas: torch.Tensor, target_deltas: torch.Tensor, loss_type: str, beta: float = 0.0
+) -> torch.Tensor:
     """Summed regression loss over ``(N, 4)`` deltas; ``loss_type`` is ``"smooth_l1"`` or ``"l1"``.
 
     Smooth L1 with ``beta == 0`` is exactly L1 (Detectron2's default for both heads). The caller normalises.

@@ -25,7 +25,9 @@ class Matcher:
         if any(a > b for a, b in zip(thresholds[:-1], thresholds[1:])):
             raise ValueError(f"matcher IoU thresholds must be sorted, got {thresholds}")
         if len(labels) != len(thresholds) + 1:
-            raise ValueError(f"matcher needs one label per IoU interval: {len(thresholds) + 1} labels, got {list(labels)}")
+            raise ValueError(
+                f"matcher needs one label per IoU interval: {len(thresholds) + 1} labels, got {list(labels)}"
+            )
         if any(label not in (-1, 0, 1) for label in labels):
             raise ValueError(f"matcher labels must be -1 (ignore), 0 (negative) or 1 (positive), got {list(labels)}")
         self.thresholds: List[float] = [-math.inf, *thresholds, math.inf]

@@ -40,7 +40,9 @@ class RoIPooler(nn.Module):
         """
         if len(boxes) != features.shape[0]:
             raise ValueError(f"RoIPooler got {len(boxes)} box lists for a batch of {features.shape[0]} images")
-        boxes = [b.to(features.dtype) for b in boxes]
+        # torchvision's autocast wrappers run the pooling in float32: keep box coordinates exact then.
+        box_dtype = torch.float32 if torch.is_autocast_enabled(features.device.type) else features.dtype
+        boxes = [b.to(box_dtype) for b in boxes]
         if self.pooler_type == "ROIPool":
             return roi_pool(features, boxes, self.output_size, self.spatial_scale)
         return roi_align(

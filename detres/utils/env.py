@@ -6,6 +6,7 @@ RNG states are stored as tensors and plain Python types so that checkpoints hold
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import os
 import platform
 import random
@@ -121,11 +122,10 @@ def collect_env_info() -> str:
         rows.append(("cuDNN", str(torch.backends.cudnn.version())))
         for i in range(torch.cuda.device_count()):
             rows.append((f"GPU {i}", torch.cuda.get_device_name(i)))
-    for name in ("torchvision", "fvcore", "pycocotools", "albumentations", "cv2"):
-        try:
-            module = __import__(name)
-            rows.append((name, getattr(module, "__version__", "unknown")))
-        except ImportError:
+    for name in ("torchvision", "fvcore", "pycocotools", "albumentations", "opencv-python-headless", "opencv-python"):
+        try:  # the installed distributions' metadata: no (slow) imports
+            rows.append((name, importlib.metadata.version(name)))
+        except importlib.metadata.PackageNotFoundError:
             rows.append((name, "not installed"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {v}" for k, v in rows)

@@ -87,15 +87,14 @@ def test_non_finite_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(t
     assert all(torch.isfinite(torch.tensor(x["loss_cls"])) for x in with_loss)
 
 
-def test_training_learns_and_writers_record_it(tmp_path, caplog):
+def test_training_learns_and_writers_record_it(tmp_path, detres_logs):
     cfg = toy_cfg(tmp_path, BASE_LR=0.02, MAX_ITER=60, STEPS=(50,), CHECKPOINT_PERIOD=1000)
     cfg.MODEL.META_ARCHITECTURE = "EngineToyMLPNoDropout"
     cfg.TEST.EVAL_PERIOD = 20
     seed_all_rng(cfg.SEED)
     trainer = PlainToyTrainer(cfg)
     before = trainer.test(cfg, trainer.model)["engine_toy_val"]["top1_error"]
-    with caplog.at_level(logging.INFO, logger="detres"):
-        trainer.train()
+    trainer.train()
     lines = [json.loads(x) for x in (tmp_path / "metrics.json").read_text().splitlines()]
     assert [x["iteration"] for x in lines] == [19, 39, 59]
     after = lines[-1]["engine_toy_val/top1_error"]
@@ -103,7 +102,7 @@ def test_training_learns_and_writers_record_it(tmp_path, caplog):
     assert lines[0]["loss_cls"] > 3 * lines[-1]["loss_cls"]
     assert lines[0]["cls_error"] > 0.15 and lines[-1]["cls_error"] < 0.05
     assert lines[-1]["lr"] == pytest.approx(0.002) and lines[0]["lr"] == pytest.approx(0.02)
-    printed = [r.getMessage() for r in caplog.records if r.getMessage().startswith("eta: ")]
+    printed = [r.getMessage() for r in detres_logs.records if r.getMessage().startswith("eta: ")]
     assert len(printed) == 3 and "iter: 59/60" in printed[-1]
     for field in ("loss_cls: ", "total_loss: ", "lr: ", "time: ", "data_time: ", "eta: 0:00:00"):
         assert field in printed[-1]
@@ -132,12 +131,12 @@ def test_tensorboard_gets_scalars_and_images(tmp_path):
     assert "toy/pattern" in tags["images"] and len(acc.Images("toy/pattern")) == 4
 
 
-def test_amp_requested_on_cpu_warns_and_trains_in_float32(tmp_path, caplog):
+def test_amp_requested_on_cpu_warns_and_trains_in_float32(tmp_path, detres_logs):
     cfg = toy_cfg(tmp_path, MAX_ITER=2)
     cfg.SOLVER.AMP.ENABLED = True
-    with caplog.at_level(logging.WARNING):
-        trainer = run(cfg)
-    assert any("AMP" in r.getMessage() and "float32" in r.getMessage() for r in caplog.records)
+    trainer = run(cfg)
+    warnings = [r.getMessage() for r in detres_logs.records if r.levelno == logging.WARNING]
+    assert any("AMP" in w and "float32" in w for w in warnings), warnings
     assert trainer.amp_dtype is None and trainer.model.net[1].weight.dtype == torch.float32
 
 

@@ -39,7 +39,10 @@ def _inputs(channels: int = 256):
         wh = torch.rand(12, 2, generator=g) * torch.tensor([w / 2, h / 2]) + 8
         proposals.append({"boxes": torch.cat([xy, xy + wh], 1), "logits": torch.zeros(12)})
     targets = [
-        {"gt_boxes": torch.tensor([[10.0, 10.0, 90.0, 100.0], [100.0, 20.0, 180.0, 60.0]]), "gt_classes": torch.tensor([1, 4])},
+        {
+            "gt_boxes": torch.tensor([[10.0, 10.0, 90.0, 100.0], [100.0, 20.0, 180.0, 60.0]]),
+            "gt_classes": torch.tensor([1, 4]),
+        },
         {"gt_boxes": torch.zeros(0, 4), "gt_classes": torch.zeros(0, dtype=torch.int64)},
     ]
     return features, proposals, targets
@@ -93,8 +96,10 @@ def test_label_and_sample_appends_gt_and_ignores_crowd():
     cfg = _cfg(18)
     heads = build_roi_heads(cfg, {"res4": ShapeSpec(256, 16)}).train()
     gt = torch.tensor([[10.0, 10.0, 50.0, 50.0]])
-    proposals = [{"boxes": torch.tensor([[12.0, 10.0, 50.0, 50.0], [100.0, 100.0, 120.0, 120.0], [60.0, 60.0, 80.0, 80.0]])}]
-    targets = [{"gt_boxes": gt, "gt_classes": torch.tensor([3]), "crowd_boxes": torch.tensor([[95.0, 95.0, 125.0, 125.0]])}]
+    proposal_boxes = torch.tensor([[12.0, 10.0, 50.0, 50.0], [100.0, 100.0, 120.0, 120.0], [60.0, 60.0, 80.0, 80.0]])
+    proposals = [{"boxes": proposal_boxes}]
+    crowd = torch.tensor([[95.0, 95.0, 125.0, 125.0]])
+    targets = [{"gt_boxes": gt, "gt_classes": torch.tensor([3]), "crowd_boxes": crowd}]
     boxes, classes, matched = heads.label_and_sample_proposals(proposals, targets)
     # 2 foreground (the overlapping proposal and the appended gt), 1 background; the crowd one is ignored
     assert sorted(classes[0].tolist()) == [3, 3, NUM_CLASSES]
@@ -105,7 +110,8 @@ def test_label_and_sample_appends_gt_and_ignores_crowd():
 
 
 def test_box_predictor_inference_rules():
-    predictor = BoxPredictor(4, 3, BoxCoder((10.0, 10.0, 5.0, 5.0)), score_thresh=0.2, nms_thresh=0.5, detections_per_image=2)
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    predictor = BoxPredictor(4, 3, coder, score_thresh=0.2, nms_thresh=0.5, detections_per_image=2)
     # logits favour class 0 for region 0 and class 2 for region 1 (region 1 duplicates region 0's box)
     scores = torch.tensor([[4.0, 0.0, 0.0, 0.0], [0.0, 0.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]]).log_softmax(1)
     deltas = torch.zeros(3, 12)
@@ -115,3 +121,19 @@ def test_box_predictor_inference_rules():
     assert out["classes"].tolist() == [0, 2]
     assert out["boxes"].tolist() == [[0.0, 0.0, 20.0, 20.0], [0.0, 0.0, 20.0, 20.0]]
     assert out["scores"][0].item() == pytest.approx(torch.tensor([4.0, 0, 0, 0]).softmax(0)[0].item())
+
+
+def test_class_agnostic_regression():
+    coder = BoxCoder((10.0, 10.0, 5.0, 5.0))
+    predictor = BoxPredictor(4, 3, coder, cls_agnostic_bbox_reg=True, score_thresh=0.1)
+    assert predictor.bbox_pred.out_features == 4
+    scores = torch.tensor([[2.0, 2.0, 0.0, 0.0]])  # two classes above threshold share one box
+    deltas = torch.tensor([[10.0, 0.0, 0.0, 0.0]])  # shift right by one box width
+    (out,) = predictor.inference((scores, deltas), [torch.tensor([[0.0, 0.0, 10.0, 10.0]])], [(50, 50)])
+    assert sorted(out["classes"].tolist()) == [0, 1]
+    assert out["boxes"].tolist() == [[10.0, 0.0, 20.0, 10.0]] * 2
+    losses = predictor.losses(
+        (scores, deltas), torch.tensor([[0.0, 0.0, 10.0, 10.0]]), torch.tensor([1]), torch.tensor([[10.0, 0.0, 20.0, 10.0]])
+    )
+    assert losses["loss_box_reg"].item() == pytest.approx(0.0, abs=1e-6)  # the deltas hit the target exactly
+    assert losses["loss_cls"].item() == pytest.approx(-torch.tensor([2.0, 2.0, 0.0, 0.0]).log_softmax(0)[1].item())

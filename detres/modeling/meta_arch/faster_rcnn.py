@@ -72,7 +72,8 @@ class FasterRCNN(nn.Module):
         for x in batched_inputs:
             image = x["image"]
             if image.dim() != 3 or image.shape[0] != 3:
-                raise ValueError(f"{x.get('file_name', 'input')}: expected a (3, H, W) image, got shape {tuple(image.shape)}")
+                name = x.get("file_name", "input")
+                raise ValueError(f"{name}: expected a (3, H, W) image, got shape {tuple(image.shape)}")
             images.append((image.to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std)
         return batch_images(images, self.size_divisibility)
 
@@ -107,13 +108,15 @@ class FasterRCNN(nn.Module):
             raise ValueError(f"{name}: {len(boxes)} gt_boxes but {len(classes)} gt_classes")
         degenerate = ~nonempty(boxes)
         if degenerate.any():
-            raise ValueError(f"{name}: degenerate ground-truth box (x2 <= x1 or y2 <= y1): {boxes[degenerate][0].tolist()}")
+            bad = boxes[degenerate][0].tolist()
+            raise ValueError(f"{name}: degenerate ground-truth box (x2 <= x1 or y2 <= y1): {bad}")
         num_classes = self.roi_heads.num_classes
         if len(classes) and (classes.min() < 0 or classes.max() >= num_classes):
             raise ValueError(f"{name}: gt_classes must lie in [0, {num_classes}), got {classes.tolist()}")
         targets = {"gt_boxes": boxes, "gt_classes": classes}
         if "crowd_boxes" in x:
-            targets["crowd_boxes"] = torch.as_tensor(x["crowd_boxes"], dtype=torch.float32, device=self.device).reshape(-1, 4)
+            crowd = torch.as_tensor(x["crowd_boxes"], dtype=torch.float32, device=self.device)
+            targets["crowd_boxes"] = crowd.reshape(-1, 4)
         return targets
 
     @staticmethod

@@ -71,8 +71,9 @@ class AnchorGenerator(nn.Module):
         for level, (feature, stride) in enumerate(zip(features, self.strides)):
             cell = self.get_buffer(f"cell_anchors_{level}")
             height, width = feature.shape[-2:]
-            shifts_x = torch.arange(self.offset * stride, width * stride, step=stride, dtype=torch.float32, device=cell.device)
-            shifts_y = torch.arange(self.offset * stride, height * stride, step=stride, dtype=torch.float32, device=cell.device)
+            grid = dict(step=stride, dtype=torch.float32, device=cell.device)
+            shifts_x = torch.arange(self.offset * stride, width * stride, **grid)
+            shifts_y = torch.arange(self.offset * stride, height * stride, **grid)
             shift_y, shift_x = torch.meshgrid(shifts_y, shifts_x, indexing="ij")
             shift_x, shift_y = shift_x.reshape(-1), shift_y.reshape(-1)
             shifts = torch.stack((shift_x, shift_y, shift_x, shift_y), dim=1)
@@ -86,7 +87,8 @@ def _per_level(values: Sequence, num_levels: int, key: str) -> List[List[float]]
         return values * num_levels
     if len(values) != num_levels:
         raise ValueError(
-            f"MODEL.ANCHOR_GENERATOR.{key} has {len(values)} lists for {num_levels} feature maps; give one list or one per map"
+            f"MODEL.ANCHOR_GENERATOR.{key} has {len(values)} lists for {num_levels} feature maps; "
+            "give one list or one per map"
         )
     return values
 

@@ -69,7 +69,9 @@ class RPN(nn.Module):
         self.in_features: List[str] = list(rpn.IN_FEATURES)
         missing = [f for f in self.in_features if f not in input_shape]
         if missing:
-            raise ValueError(f"MODEL.RPN.IN_FEATURES {missing} not produced by the backbone (it gives {list(input_shape)})")
+            raise ValueError(
+                f"MODEL.RPN.IN_FEATURES {missing} not produced by the backbone (it gives {list(input_shape)})"
+            )
         self.anchor_generator = build_anchor_generator(cfg, input_shape, self.in_features)
         num_anchors = set(self.anchor_generator.num_anchors)
         channels = {input_shape[f].channels for f in self.in_features}
@@ -190,7 +192,7 @@ class RPN(nn.Module):
         top_boxes, top_logits, top_levels = [], [], []
         for level, (anchors_l, logits_l, deltas_l) in enumerate(zip(anchors, logits, deltas)):
             k = min(pre_nms_topk, logits_l.shape[1])
-            logits_l, idx = logits_l.topk(k, dim=1)  # (N, k), sorted best first
+            logits_l, idx = logits_l.float().topk(k, dim=1)  # (N, k), sorted best first
             boxes_l = self.box_coder.decode(deltas_l[batch_idx, idx].reshape(-1, 4), anchors_l[idx].reshape(-1, 4))
             top_boxes.append(boxes_l.view(num_images, k, 4))
             top_logits.append(logits_l)

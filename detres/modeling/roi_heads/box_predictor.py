@@ -120,7 +120,7 @@ class BoxPredictor(nn.Module):
         """
         scores, deltas = predictions
         boxes = self.box_coder.decode(deltas, torch.cat(proposal_boxes))
-        probs = F.softmax(scores, dim=-1)
+        probs = F.softmax(scores.float(), dim=-1)
         counts = [len(b) for b in proposal_boxes]
         return [
             self._inference_single_image(b, p, size)

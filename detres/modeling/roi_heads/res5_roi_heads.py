@@ -73,7 +73,9 @@ class Res5ROIHeads(nn.Module):
             boxes = [p["boxes"] for p in proposals]
         predictions = self.box_predictor(self.box_features(features[self.in_feature], boxes))
         if self.training:
-            return [], self.box_predictor.losses(predictions, torch.cat(boxes), torch.cat(gt_classes), torch.cat(gt_boxes))
+            boxes, gt_classes, gt_boxes = torch.cat(boxes), torch.cat(gt_classes), torch.cat(gt_boxes)
+            losses = self.box_predictor.losses(predictions, boxes, gt_classes, gt_boxes)
+            return [], losses
         return self.box_predictor.inference(predictions, boxes, image_sizes), {}
 
     def box_features(self, feature: torch.Tensor, boxes: List[torch.Tensor]) -> torch.Tensor:
@@ -97,7 +99,8 @@ class Res5ROIHeads(nn.Module):
                 boxes = torch.cat([boxes, gt_boxes])
             matches, labels = self.proposal_matcher(box_iou(gt_boxes, boxes))
             if "crowd_boxes" in target:  # only real proposals, not the appended ground truth
-                ignore_crowd_overlaps(labels[:num_props], boxes[:num_props], target["crowd_boxes"], self.crowd_overlap_thresh)
+                crowd = target["crowd_boxes"]
+                ignore_crowd_overlaps(labels[:num_props], boxes[:num_props], crowd, self.crowd_overlap_thresh)
             if len(gt_boxes):
                 classes = gt_classes[matches]
                 classes[labels == 0] = self.num_classes
