@@ -1,6 +1,20 @@
-"""Training and evaluation machinery shared by classification and detection."""
-from detres.engine.defaults import default_argument_parser, default_setup
-from detres.engine.launch import launch
-from detres.engine.trainer import Trainer
+"""Training and evaluation machinery shared by classification and detection.
 
-__all__ = ["Trainer", "default_argument_parser", "default_setup", "launch"]
+``from detres.engine import Trainer, default_argument_parser, default_setup`` works (and
+``from detres.engine.launch import launch``); the submodules are imported on first use, so importing
+e.g. ``detres.engine.checkpoint`` stays light.
+"""
+import importlib
+
+_EXPORTS = {
+    "Trainer": "detres.engine.trainer",
+    "default_argument_parser": "detres.engine.defaults",
+    "default_setup": "detres.engine.defaults",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'detres.engine' has no attribute {name!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, Dict, List, Mapping
 
+from detres.config import ConfigError
 from detres.engine.writers import EventWriter
 from detres.utils import comm
 from detres.utils.env import preserved_rng_state
@@ -78,7 +79,6 @@ class EvalHook(HookBase):
 
     def __init__(self, period: int, eval_function: Callable[[], Dict[str, dict]]) -> None:
         self.period, self.eval_function = period, eval_function
-        self.history: List[Dict[str, float]] = []
         self.last_eval_iter = -1  # trainer.iter of the latest evaluation
 
     def after_step(self) -> None:
@@ -95,10 +95,13 @@ class EvalHook(HookBase):
         if not flat:
             return flat
         self.trainer.storage.put_scalars(**flat)
-        self.history.append(flat)
         logger.info("Evaluation after %d iterations: %s", self.trainer.iter + 1,
                     "  ".join(f"{k}: {v:.4f}" for k, v in flat.items()))
-        self.trainer.scheduler.observe_validation_error(next(iter(flat.values())))
+        name, value = next(iter(flat.items()))
+        if self.trainer.cfg.SOLVER.LR_SCHEDULER == "plateau" and "err" not in name.lower():
+            raise ConfigError(f"SOLVER.LR_SCHEDULER 'plateau' needs an error (lower is better) as the first "
+                              f"metric of the evaluation; it is {name!r}")
+        self.trainer.scheduler.observe_validation_error(value)
         return flat
 
 

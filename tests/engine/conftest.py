@@ -16,9 +16,11 @@ def _one_thread():
 def detres_logs(caplog):
     """``caplog`` that also sees the "detres" logger after ``setup_logger`` stopped its propagation."""
     logger = logging.getLogger("detres")
+    level, propagate = logger.level, logger.propagate
     logger.addHandler(caplog.handler)
-    level = logger.level
     logger.setLevel(logging.DEBUG)
+    logger.propagate = False  # each record reaches caplog once
     yield caplog
     logger.removeHandler(caplog.handler)
     logger.setLevel(level)
+    logger.propagate = propagate

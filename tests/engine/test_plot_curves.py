@@ -1,8 +1,6 @@
 """tools/plot_curves.py parses metrics.json of several runs and draws one PNG."""
 import importlib.util
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -51,13 +49,12 @@ def test_series_are_parsed_and_png_written(tmp_path, plot_curves):
     assert matplotlib.image.imread(out).shape[:2] == (540, 840)  # 7 x 4.5 inches at 120 dpi
 
 
-def test_cli_writes_png_and_reports_a_missing_run(tmp_path):
+def test_cli_writes_png_and_reports_a_missing_run(tmp_path, plot_curves, capsys):
     run = fake_run(tmp_path / "a", 0.1, 10.0)
     out = tmp_path / "cli.png"
-    ok = subprocess.run([sys.executable, str(TOOL), "--runs", str(run), "--output", str(out)],
-                        capture_output=True, text=True, timeout=120)
-    assert ok.returncode == 0, ok.stderr
-    assert out.stat().st_size > 10_000
-    bad = subprocess.run([sys.executable, str(TOOL), "--runs", str(tmp_path / "nope"), "--output", str(out)],
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode == 2 and "nope" in bad.stderr and "metrics.json" in bad.stderr
+    plot_curves.main(["--runs", str(run), "--output", str(out)])
+    assert out.stat().st_size > 10_000 and "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        plot_curves.main(["--runs", str(tmp_path / "nope"), "--output", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "nope" in err and "metrics.json" in err

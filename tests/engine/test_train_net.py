@@ -99,13 +99,15 @@ def test_config_errors_print_one_line_and_exit_2(tmp_path, train_net, capsys):
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert "SOLVER.BASE_LRR" in lines[0] and "SOLVER.BASE_LR" in lines[0] and str(bad) in lines[0]
 
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY)
     for argv, expected in [
         (["SOLVER.MAX_ITR", "10"], "unknown config key 'SOLVER.MAX_ITR'"),
         (["SOLVER.MAX_ITER", "ten"], "SOLVER.MAX_ITER"),
         (["--config", str(tmp_path / "missing.yaml")], "missing.yaml"),
-        (["SOLVER.LR_SCHEDULER", "poly", "OUTPUT_DIR", str(tmp_path / "o"), "MODEL.DEVICE", "cpu"],
+        (["--config", str(tiny), "SOLVER.LR_SCHEDULER", "poly", "OUTPUT_DIR", str(tmp_path / "o")],
          "SOLVER.LR_SCHEDULER"),  # a bad value found while building the trainer
-        (["--eval-only", "OUTPUT_DIR", str(tmp_path / "e"), "MODEL.DEVICE", "cpu"], "MODEL.WEIGHTS"),
+        (["--config", str(tiny), "--eval-only", "OUTPUT_DIR", str(tmp_path / "e")], "MODEL.WEIGHTS"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             train_net.cli(argv)

@@ -121,8 +121,9 @@ def test_tensorboard_gets_scalars_and_images(tmp_path):
     cfg = toy_cfg(tmp_path, MAX_ITER=4)
     seed_all_rng(cfg.SEED)
     trainer = ToyTrainer(cfg)
-    trainer.hooks.insert(0, PutImage())
-    PutImage.trainer = trainer
+    hook = PutImage()
+    hook.trainer = trainer
+    trainer.hooks.insert(0, hook)  # before the writers, like a model putting images during its step
     trainer.train()
     acc = EventAccumulator(str(tmp_path / "tensorboard"))
     acc.Reload()
@@ -159,3 +160,78 @@ def test_default_setup_writes_run_info_and_records_the_drawn_seed(tmp_path):
     again.SEED = -1
     assert default_setup(again, argparse.Namespace(resume=True)).SEED == seed
     logging.getLogger("detres").handlers.clear()
+
+
+def test_eval_hook_feeds_first_metric_to_plateau_schedule(tmp_path):
+    errors = iter([50.0, 60.0, 40.0])  # evaluations after 4, 8, 12 iterations
+
+    class Scripted(ToyTrainer):
+        @classmethod
+        def test(cls, cfg, model):
+            return {"engine_toy_val": {"top1_error": next(errors), "top5_error": 0.0}}
+
+    cfg = toy_cfg(tmp_path, LR_SCHEDULER="plateau", PLATEAU_PATIENCE=1, GAMMA=0.5, BASE_LR=0.05)
+    trainer = run(cfg, trainer_cls=Scripted)
+    lrs = [v for v, _ in trainer.storage.history("lr")]
+    assert lrs == pytest.approx([0.05] * 8 + [0.025] * 4)  # 60 did not improve on 50: halved after 8
+    assert trainer.scheduler.decay.best == 40.0
+    assert [v for v, _ in trainer.storage.history("engine_toy_val/top1_error")] == [50.0, 60.0, 40.0]
+
+
+def test_gradient_clipping_bounds_the_update(tmp_path):
+    cfg = toy_cfg(tmp_path, MAX_ITER=1, BASE_LR=1.0, MOMENTUM=0.0, WEIGHT_DECAY=0.0, CLIP_GRADIENTS=1e-3)
+    cfg.DATASETS.TEST = ()
+    seed_all_rng(cfg.SEED)
+    trainer = PlainToyTrainer(cfg)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    trainer.train()
+    step = torch.cat([(p.detach() - b).flatten() for p, b in zip(trainer.model.parameters(), before)])
+    assert step.norm().item() == pytest.approx(1e-3, rel=1e-3)  # lr * max_norm: the raw gradient is larger
+
+
+def test_inference_on_dataset_restores_train_mode_and_runs_without_autograd():
+    from detres.evaluation.evaluator import inference_on_dataset
+
+    class Recorder:
+        def reset(self):
+            self.flags = []
+
+        def process(self, inputs, outputs):
+            self.flags.append((outputs.is_inference(), len(inputs)))
+            if len(self.flags) == 2:
+                raise ValueError("evaluator failure")
+
+        def evaluate(self):
+            return {"batches": len(self.flags)}
+
+    model = torch.nn.Linear(2, 2).train()
+    loader = [torch.zeros(3, 2), torch.zeros(1, 2)]
+    rec = Recorder()
+    assert inference_on_dataset(asserts_eval_mode(model), loader[:1], rec) == {"batches": 1}
+    assert rec.flags == [(True, 3)] and model.training
+    with pytest.raises(ValueError, match="evaluator failure"):
+        inference_on_dataset(asserts_eval_mode(model), loader, rec)
+    assert model.training  # restored after the exception too
+
+
+def asserts_eval_mode(linear):
+    """``linear`` inside a module that fails unless it is called in eval mode."""
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = linear
+
+        def forward(self, x):
+            assert not self.training
+            return self.linear(x)
+
+    return Wrapper().train()
+
+
+def test_evaluations_do_not_change_the_training_trajectory(tmp_path):
+    with_eval = run(toy_cfg(tmp_path / "a"))  # evaluations after 4, 8, 12 iterations (dropout model)
+    cfg = toy_cfg(tmp_path / "b")
+    cfg.DATASETS.TEST = ()
+    without = run(cfg)
+    assert_identical(state(with_eval), state(without))

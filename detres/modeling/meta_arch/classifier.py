@@ -184,5 +184,5 @@ def create_model(
     if weights:
         from detres.modeling.weight_import import load_weights
 
-        load_weights(model.backbone, weights)
+        load_weights(model, weights)  # matches names up to the "backbone." prefix
     return model.eval()
