@@ -1,5 +1,6 @@
 """Shared test fixtures. ``shared_dir`` points at ``<repo>/../shared`` (golden checkpoints, coco128) and
 skips the test with a clear reason when it is absent, as it is in a user's clone."""
+import logging
 from pathlib import Path
 
 import pytest
@@ -29,3 +30,18 @@ def _few_threads():
     # Helpers and CI share 2 cores; keep intra-op threads bounded and deterministic.
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_detres_logger():
+    # ``setup_logger`` (called by train_net and the engine) stops the "detres" logger's propagation and
+    # installs handlers; undo that after each test so later tests' ``caplog`` sees every record.
+    logger = logging.getLogger("detres")
+    handlers, level, propagate = list(logger.handlers), logger.level, logger.propagate
+    yield
+    for handler in list(logger.handlers):
+        if handler not in handlers:
+            logger.removeHandler(handler)
+            handler.close()
+    logger.setLevel(level)
+    logger.propagate = propagate
