@@ -24,6 +24,9 @@ _C.MODEL.WEIGHTS = ""
 # Per-channel mean/std in INPUT.FORMAT order. MSRA/Caffe2 weights: BGR, std 1.
 _C.MODEL.PIXEL_MEAN = [103.530, 116.280, 123.675]
 _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
+# Keep conv weights (hence activations) in channels-last memory order: same results, faster oneDNN
+# (CPU) and tensor-core (GPU) convolutions for the detectors (tools/benchmark.py measures it).
+_C.MODEL.CHANNELS_LAST = False
 
 _C.MODEL.BACKBONE = CN()
 # Registry name of the backbone builder: "resnet" (ImageNet family) or "cifar_resnet".

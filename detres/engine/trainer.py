@@ -182,9 +182,6 @@ class Trainer:
         mean_image = getattr(self.data_loader, "pixel_mean_image", None)
         if mean_image is not None:  # a training-set statistic the classifier keeps as a checkpointed buffer
             unwrap_model(self.model).set_pixel_mean_image(mean_image)
-        mean_image = getattr(self.data_loader, "pixel_mean_image", None)  # a statistic of the training set
-        if mean_image is not None:
-            unwrap_model(self.model).set_pixel_mean_image(mean_image)
         self._data_iter = iter(self.data_loader)  # draws from torch's RNG: before restoring the saved states
         if self._pending_rng is not None:
             restore_rng_state(self._pending_rng)

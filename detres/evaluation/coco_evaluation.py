@@ -9,7 +9,8 @@ percent (NaN where a size range has no ground truth). ``evaluate_coco`` evaluate
 list on its own (``tools/evaluate.py``).
 
 With ``TEST.VIS_IMAGES = n`` the first ``n`` images of the main process become ground truth vs
-detection pictures put into the active ``EventStorage`` (TensorBoard), when there is one.
+detection pictures put into the active ``EventStorage`` (TensorBoard), when there is one, and written
+to ``output_dir/pictures/``.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import os
 from collections import OrderedDict
 from typing import Dict, Iterable, List, Optional, Sequence
 
+import cv2
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
@@ -164,12 +166,21 @@ class COCOEvaluator:
         return {"bbox": metrics}
 
     def _put_pictures(self) -> None:
+        """Ground truth vs detections pictures go to TensorBoard (through the event storage, during
+        training) and, as JPEGs, to ``output_dir/pictures``."""
         from detres.utils.events import get_event_storage
 
         storage = get_event_storage()
-        if storage is not None:
-            for i, picture in enumerate(self._pictures):
+        folder = os.path.join(self.output_dir, "pictures") if self.output_dir and self._pictures else None
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        for i, picture in enumerate(self._pictures):
+            if storage is not None:
                 storage.put_image(f"{self.dataset_name}/gt_vs_pred_{i}", picture)
+            if folder:
+                cv2.imwrite(os.path.join(folder, f"gt_vs_pred_{i}.jpg"), np.ascontiguousarray(picture.transpose(1, 2, 0)[:, :, ::-1]))
+        if folder:
+            logger.info("Wrote %d ground truth (left) vs detections (right) pictures to %s", len(self._pictures), folder)
 
 
 @EVALUATOR_REGISTRY.register()

@@ -23,4 +23,5 @@ def resolve_device(name: str) -> torch.device:
 def build_model(cfg) -> nn.Module:
     """Build ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE``; weights are not loaded here."""
     model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
-    return model.to(resolve_device(cfg.MODEL.DEVICE))
+    memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.preserve_format
+    return model.to(resolve_device(cfg.MODEL.DEVICE), memory_format=memory_format)

@@ -1,0 +1,162 @@
+#!/usr/bin/env python
+"""Speed of a detres detector next to torchvision's ``fasterrcnn_resnet50_fpn``, measured in one run.
+
+    python tools/benchmark.py --config configs/quickstart.yaml
+    python tools/benchmark.py --config configs/detection/faster_rcnn_R_50_C4_1x.yaml --images 4 \
+        MODEL.WEIGHTS "" DATASETS.TEST '("synthetic_det_val",)' INPUT.MIN_SIZE_TEST 800
+
+Both models see the same images: the first ``--images`` of the config's first test dataset, resized
+by detres's test-time mapper (so torchvision's own resize is set to the same sizes and is a no-op).
+Inference is timed per image (batch of 1, ``torch.inference_mode``); training per iteration on
+``SOLVER.IMS_PER_BATCH`` of those images with their ground truth (forward, backward, SGD step).
+Each figure is the median of ``--repeats`` timings after ``--warmup`` untimed ones. torchvision's
+model is randomly initialised (nothing is downloaded); detres's uses ``MODEL.WEIGHTS`` when set
+(random weights change the amount of post-processing a little, not the network's cost).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402
+
+from detres.config import ConfigError, load_config  # noqa: E402
+from detres.data.build import build_test_loader, register_from_config  # noqa: E402
+from detres.modeling.meta_arch.build import build_model  # noqa: E402
+from detres.modeling.weight_import import load_weights  # noqa: E402
+
+
+def median_seconds(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> float:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def load_inputs(cfg, count: int) -> List[dict]:
+    """The first ``count`` images of ``DATASETS.TEST[0]`` after test-time resizing, with ground truth
+    scaled to the resized image (the training benchmark needs boxes)."""
+    if not cfg.DATASETS.TEST:
+        raise ConfigError("the benchmark reads its images from DATASETS.TEST[0]; the config names none")
+    inputs: List[dict] = []
+    for batch in build_test_loader(cfg, cfg.DATASETS.TEST[0]):
+        for x in batch:
+            if len(x.get("gt_boxes", ())) and len(inputs) < count:
+                inputs.append(x)
+        if len(inputs) == count:
+            return inputs
+    raise ValueError(f"{cfg.DATASETS.TEST[0]} has fewer than {count} images with boxes")
+
+
+def torchvision_inputs(inputs: List[dict], input_format: str) -> List[torch.Tensor]:
+    """RGB float images in [0, 1], as torchvision's detection models expect."""
+    images = [x["image"].float() / 255 for x in inputs]
+    return [im.flip(0) if input_format == "BGR" else im for im in images]
+
+
+def benchmark(cfg, args) -> Dict[str, Dict[str, float]]:
+    device = torch.device(args.device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    inputs = load_inputs(cfg, max(args.images, cfg.SOLVER.IMS_PER_BATCH))
+    test_inputs, train_inputs = inputs[: args.images], inputs[: cfg.SOLVER.IMS_PER_BATCH]
+    height, width = test_inputs[0]["image"].shape[-2:]
+    print(f"{len(test_inputs)} test images of {cfg.DATASETS.TEST[0]} at about {height}x{width} px; "
+          f"training batches of {len(train_inputs)}; {device}, {torch.get_num_threads()} threads")
+
+    detres_model = build_model(cfg).to(device)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(detres_model, cfg.MODEL.WEIGHTS)
+    tv_model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
+        weights=None, weights_backbone=None, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,
+        min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST).to(device)
+    tv_images = [im.to(device) for im in torchvision_inputs(inputs, cfg.INPUT.FORMAT)]
+    tv_targets = [{"boxes": x["gt_boxes"].to(device), "labels": x["gt_classes"].to(device) + 1} for x in inputs]
+
+    def infer(model, images) -> Callable[[], float]:
+        def run() -> float:
+            model.eval()
+            with torch.inference_mode():
+                return median_seconds(lambda: [model(im) for im in images], args.warmup, args.repeats, sync) / len(images)
+        return run
+
+    def train(model, step_inputs: Callable[[], tuple]) -> Callable[[], float]:
+        def run() -> float:
+            model.train()
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+
+            def step() -> None:
+                losses = model(*step_inputs())
+                optimizer.zero_grad(set_to_none=True)
+                sum(losses.values()).backward()
+                optimizer.step()
+            return median_seconds(step, args.warmup, args.repeats, sync)
+        return run
+
+    n = len(train_inputs)
+    timers = {
+        "inference s/image": (infer(detres_model, [[x] for x in test_inputs]),
+                              infer(tv_model, [[im] for im in tv_images[: len(test_inputs)]])),
+        "training s/iter": (train(detres_model, lambda: (train_inputs,)),
+                            train(tv_model, lambda: (tv_images[:n], tv_targets[:n]))),
+    }
+    results = {}
+    for name, (ours, theirs) in timers.items():
+        if args.skip_training and name.startswith("training"):
+            continue
+        detres_s, tv_s = ours(), theirs()
+        results[name] = {"detres": detres_s, "torchvision_fasterrcnn_resnet50_fpn": tv_s, "ratio": tv_s / detres_s}
+    return results
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", dest="config_file", required=True, help="detres detection config")
+    parser.add_argument("--images", type=int, default=8, help="test images (default 8)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs before timing (default 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--skip-training", action="store_true", help="time inference only")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+        if cfg.MODEL.META_ARCHITECTURE != "FasterRCNN":
+            raise ConfigError(f"{args.config_file}: the benchmark compares detectors; "
+                              f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE}")
+        cfg.defrost()
+        cfg.MODEL.DEVICE, cfg.TEST.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS = args.device, 1, 0
+        cfg.freeze()
+        register_from_config(cfg)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        sys.exit(2)
+    torch.manual_seed(0)
+    results = benchmark(cfg, args)
+    if args.json:
+        print(json.dumps(results, indent=2))
+        return
+    print(f"{'':20s} {'detres':>10s} {'torchvision R50-FPN':>20s} {'torchvision / detres':>21s}")
+    for name, r in results.items():
+        print(f"{name:20s} {r['detres']:10.4f} {r['torchvision_fasterrcnn_resnet50_fpn']:20.4f} {r['ratio']:20.2f}x")
+
+
+if __name__ == "__main__":
+    main()
