@@ -1,7 +1,10 @@
 """Shared test fixtures. ``shared_dir`` points at ``<repo>/../shared`` (golden checkpoints, coco128) and
 skips the test with a clear reason when it is absent, as it is in a user's clone."""
+import importlib.util
 import logging
 from pathlib import Path
+from types import ModuleType
+from typing import Callable
 
 import pytest
 import torch
@@ -45,3 +48,17 @@ def _restore_detres_logger():
             handler.close()
     logger.setLevel(level)
     logger.propagate = propagate
+
+
+def _load_tool(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` (the tools are scripts, not a package) as a fresh module."""
+    spec = importlib.util.spec_from_file_location(f"detres_tool_{name}", REPO_ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def load_tool() -> Callable[[str], ModuleType]:
+    """``load_tool("train_net")`` imports ``tools/train_net.py``."""
+    return _load_tool

@@ -9,7 +9,9 @@
     torchrun --nproc-per-node 4 tools/train_net.py --config X.yaml     # env:// rendezvous
 
 The task (loaders, evaluator) follows from the datasets' metadata and the model from
-MODEL.META_ARCHITECTURE. A config error (unknown key, wrong type) prints one line and exits with 2.
+MODEL.META_ARCHITECTURE. A config error (unknown key, wrong type) prints one line and exits with 2;
+missing data (checked first, before the model is built) or undownloadable weights print one line
+saying what to do and exit with 1.
 """
 from __future__ import annotations
 
@@ -22,12 +24,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detres.config import ConfigError, load_config  # noqa: E402
+from detres.data.build import check_datasets  # noqa: E402
+from detres.data.classification.datasets import DatasetLayoutError  # noqa: E402
 from detres.engine.checkpoint import Checkpointer, atomic_write  # noqa: E402
 from detres.engine.defaults import default_argument_parser, default_setup  # noqa: E402
 from detres.engine.launch import default_backend, launch  # noqa: E402
 from detres.engine.trainer import Trainer  # noqa: E402
 from detres.modeling.meta_arch.build import resolve_device  # noqa: E402
 from detres.utils import comm  # noqa: E402
+from detres.utils.download import DownloadError  # noqa: E402
 
 logger = logging.getLogger("detres.train_net")
 
@@ -54,6 +59,7 @@ def evaluate_only(cfg, args):
 def main(args):
     try:
         cfg = setup(args)
+        check_datasets(cfg, train=not args.eval_only)  # missing data fails before any model or download
         if args.eval_only:
             return evaluate_only(cfg, args)
         trainer = Trainer(cfg)
@@ -62,6 +68,9 @@ def main(args):
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
+    except (FileNotFoundError, DatasetLayoutError, DownloadError) as e:  # missing data or weights: say what to do
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 def cli(argv=None) -> None:

@@ -5,7 +5,7 @@ from typing import List
 
 from detres.data.catalog import DatasetCatalog, MetadataCatalog
 
-__all__ = ["build_train_loader", "build_test_loader", "dataset_task", "register_from_config"]
+__all__ = ["build_train_loader", "build_test_loader", "check_datasets", "dataset_task", "register_from_config"]
 
 
 def register_from_config(cfg) -> None:
@@ -13,6 +13,15 @@ def register_from_config(cfg) -> None:
     from detres.data.builtin import register_builtin_datasets
 
     register_builtin_datasets(cfg)
+
+
+def check_datasets(cfg, train: bool = True) -> None:
+    """Raise early (before a model is built or weights are downloaded) when a dataset of
+    ``DATASETS.TEST`` (and ``DATASETS.TRAIN`` when ``train``) is unknown or its files are missing;
+    datasets generated on first use are generated here."""
+    register_from_config(cfg)
+    for name in (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST):
+        DatasetCatalog.check(name)
 
 
 def dataset_task(names: List[str]) -> str:

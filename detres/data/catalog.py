@@ -14,7 +14,7 @@ Metadata (``MetadataCatalog.get(name)``) is a ``types.SimpleNamespace`` that car
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 __all__ = ["DatasetCatalog", "MetadataCatalog"]
 
@@ -22,22 +22,37 @@ __all__ = ["DatasetCatalog", "MetadataCatalog"]
 class _DatasetCatalog:
     def __init__(self) -> None:
         self._loaders: Dict[str, Callable[[], List[dict]]] = {}
+        self._checks: Dict[str, Callable[[], None]] = {}
 
-    def register(self, name: str, loader: Callable[[], List[dict]]) -> None:
+    def register(self, name: str, loader: Callable[[], List[dict]], check: Optional[Callable[[], None]] = None) -> None:
+        """``loader`` returns the records; the optional ``check`` makes sure the files are there (and
+        generates a dataset that is generated on first use) without reading them, raising otherwise."""
         if name in self._loaders:
             raise KeyError(f"dataset {name!r} is already registered")
         self._loaders[name] = loader
+        if check is not None:
+            self._checks[name] = check
 
-    def get(self, name: str) -> List[dict]:
+    def _require(self, name: str) -> None:
         if name not in self._loaders:
             raise KeyError(
                 f"dataset {name!r} is not registered; registered datasets: {', '.join(sorted(self._loaders))}. "
                 "Register a COCO-format dataset with DATASETS.REGISTER [[name, json_file, image_root]]."
             )
+
+    def get(self, name: str) -> List[dict]:
+        self._require(name)
         return self._loaders[name]()
+
+    def check(self, name: str) -> None:
+        """Fail early, with the dataset's own explanation, when ``name`` is unknown or its files are missing."""
+        self._require(name)
+        if name in self._checks:
+            self._checks[name]()
 
     def remove(self, name: str) -> None:
         self._loaders.pop(name, None)
+        self._checks.pop(name, None)
         MetadataCatalog.remove(name)
 
     def names(self) -> List[str]:

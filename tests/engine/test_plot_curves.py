@@ -1,19 +1,14 @@
 """tools/plot_curves.py parses metrics.json of several runs and draws one PNG."""
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[2] / "tools" / "plot_curves.py"
 
 
 @pytest.fixture(scope="module")
-def plot_curves():
-    spec = importlib.util.spec_from_file_location("detres_tool_plot_curves", TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def plot_curves(load_tool):
+    return load_tool("plot_curves")
 
 
 def fake_run(path: Path, final_train: float, final_test: float) -> Path:

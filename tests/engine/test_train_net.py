@@ -1,6 +1,5 @@
 """tools/train_net.py end to end on a tiny classification config (generated shapes, CIFAR-style ResNet-8):
 train, exact resume with data-loader workers, eval-only, and config errors (one line, exit code 2)."""
-import importlib.util
 import json
 import logging
 import os
@@ -41,11 +40,8 @@ SEED: 3
 
 
 @pytest.fixture(scope="module")
-def train_net():
-    spec = importlib.util.spec_from_file_location("detres_tool_train_net", TRAIN_NET)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    yield module
+def train_net(load_tool):
+    yield load_tool("train_net")
     logging.getLogger("detres").handlers.clear()
 
 
@@ -113,3 +109,18 @@ def test_config_errors_print_one_line_and_exit_2(tmp_path, train_net, capsys):
             train_net.cli(argv)
         err = capsys.readouterr().err.strip()
         assert exit_info.value.code == 2 and expected in err and len(err.splitlines()) == 1, (argv, err)
+
+
+def test_missing_coco_says_how_to_get_it_before_building_anything(tmp_path, train_net, capsys, monkeypatch):
+    monkeypatch.delenv("DETRES_DATASETS", raising=False)
+    monkeypatch.setenv("DETRES_CACHE", str(tmp_path / "cache"))  # MODEL.WEIGHTS msra://R-50 is not cached here
+    for config in ("frcnn_r50_coco.yaml", "frcnn_r101_coco.yaml"):
+        with pytest.raises(SystemExit) as exit_info:
+            train_net.cli(["--config", str(REPO / "configs" / config), "MODEL.DEVICE", "cpu",
+                           "DATASETS.ROOT", str(tmp_path / "data"), "OUTPUT_DIR", str(tmp_path / "out")])
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 1 and len(err.splitlines()) == 1, err
+        expected_json = tmp_path / "data" / "coco" / "annotations" / "instances_train2017.json"
+        assert f"annotation file not found: {expected_json}" in err
+        assert "datasets/README.md" in err and "configs/quickstart.yaml" in err
+        assert not (tmp_path / "cache").exists()  # nothing was downloaded or even attempted

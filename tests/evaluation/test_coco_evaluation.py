@@ -1,6 +1,5 @@
 """COCOEvaluator and evaluate_coco: ground truth scores 100 AP on coco128, shifted boxes lose the
 expected AP, a hand-computed case, the results json format, errors, and tools/evaluate.py."""
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -140,16 +139,9 @@ def test_vis_images_go_to_the_event_storage(coco128):
     assert picture[:, :, picture.shape[2] // 2 + 2:].max() > 0  # the detections are drawn on the right half
 
 
-def _evaluate_tool():
-    spec = importlib.util.spec_from_file_location("evaluate_tool", REPO_ROOT / "tools" / "evaluate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_evaluate_tool_on_a_saved_results_file(coco128_dir, shifted, tmp_path, capsys):
+def test_evaluate_tool_on_a_saved_results_file(coco128_dir, shifted, tmp_path, capsys, load_tool):
     metrics, out_dir = shifted
-    tool = _evaluate_tool()
+    tool = load_tool("evaluate")
     json_file = str(coco128_dir / "annotations" / "instances_val2017.json")
     results = str(out_dir / "coco_instances_results.json")
     tool.main(["--dataset-json", json_file, "--results", results, "--output", str(tmp_path / "m.json")])
@@ -161,11 +153,11 @@ def test_evaluate_tool_on_a_saved_results_file(coco128_dir, shifted, tmp_path, c
         tool.main(["--dataset-json", json_file, "--results", str(tmp_path / "nope.json")])
 
 
-def test_evaluate_tool_with_a_config_and_dataset_name(tmp_path, capsys):
+def test_evaluate_tool_with_a_config_and_dataset_name(tmp_path, capsys, load_tool):
     _tiny_gt(tmp_path)
     results = tmp_path / "results.json"
     results.write_text(json.dumps([{"image_id": 1, "category_id": 3, "bbox": [10, 10, 30, 30], "score": 0.9}]))
-    tool = _evaluate_tool()
+    tool = load_tool("evaluate")
     config = str(REPO_ROOT / "configs" / "detection" / "Base-RCNN-C4.yaml")
     try:
         tool.main(["--config", config, "--dataset", "tiny_cfg", "--results", str(results), "--output", str(tmp_path / "m.json"),

@@ -1,5 +1,4 @@
 """Complexity analysis: the paper's FLOP / parameter table, the counting conventions and the CLI."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -85,10 +84,8 @@ def test_tool_json_and_errors():
     assert result["gflops"] == pytest.approx(0.0406, rel=0.01)
 
 
-def test_tool_errors_and_text_output(capsys):
-    spec = importlib.util.spec_from_file_location("analyze_model", REPO_ROOT / "tools" / "analyze_model.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+def test_tool_errors_and_text_output(capsys, load_tool):
+    tool = load_tool("analyze_model")
     with pytest.raises(SystemExit, match="depth must be one of"):
         tool.main(["--backbone", "resnet17"])
     with pytest.raises(SystemExit, match="config file not found"):

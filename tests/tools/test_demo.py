@@ -1,5 +1,4 @@
 """tools/demo.py on the golden Detectron2 C4 checkpoint, and the visualizer it draws with."""
-import importlib.util
 from pathlib import Path
 
 import cv2
@@ -38,15 +37,8 @@ def test_gt_vs_pred_picture_rescales_detections():
     assert (right[2, 2] == 0).all()  # the 0.1-score box is not drawn
 
 
-def _demo():
-    spec = importlib.util.spec_from_file_location("demo_tool", REPO_ROOT / "tools" / "demo.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_demo_on_the_golden_detector(shared_dir, coco128_dir, tmp_path, capsys):
-    demo = _demo()
+def test_demo_on_the_golden_detector(shared_dir, coco128_dir, tmp_path, capsys, load_tool):
+    demo = load_tool("demo")
     weights = shared_dir / "golden" / "detectron2_r50_c4_w16" / "model_final.pkl"
     config = REPO_ROOT / "configs" / "detection" / "d2_R50_C4_golden.yaml"
     image_dir = tmp_path / "images"
@@ -76,8 +68,8 @@ def test_demo_on_the_golden_detector(shared_dir, coco128_dir, tmp_path, capsys):
     assert np.abs(edge - np.array(class_colour(cls))).max() < 60
 
 
-def test_demo_reports_bad_input(tmp_path):
-    demo = _demo()
+def test_demo_reports_bad_input(tmp_path, load_tool):
+    demo = load_tool("demo")
     config = REPO_ROOT / "configs" / "detection" / "d2_R50_C4_golden.yaml"
     with pytest.raises(SystemExit, match="input not found"):
         demo.main(["--config", str(config), "--input", str(tmp_path / "missing.jpg"), "--output", str(tmp_path)])

@@ -134,15 +134,18 @@ def register_coco_instances(
     error raised when the json or the image folder is absent. Extra ``metadata`` (e.g. ``thing_classes``
     known in advance) is stored as given.
     """
-    def load() -> List[dict]:
+    def check() -> None:
         if prepare is not None:
             prepare()
         for path, what in ((json_file, "annotation file"), (image_root, "image folder")):
             if not os.path.exists(path):
                 raise FileNotFoundError(f"dataset {name!r}: {what} not found: {path}. {missing_hint}".strip())
+
+    def load() -> List[dict]:
+        check()
         return load_coco_json(json_file, image_root, dataset_name=name)
 
-    DatasetCatalog.register(name, load)
+    DatasetCatalog.register(name, load, check)
     MetadataCatalog.set(
         name, json_file=json_file, image_root=image_root, task="detection", evaluator_type="coco", **metadata
     )

@@ -1,0 +1,34 @@
+"""tools/benchmark.py: times detres and torchvision's fasterrcnn_resnet50_fpn on the same images and
+reports their ratio (figures, not a timed test: it only checks that they are measured and consistent)."""
+import json
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def benchmark_tool(load_tool):
+    return load_tool("benchmark")
+
+
+def test_benchmark_measures_both_models_on_the_quickstart_images(tmp_path, benchmark_tool, capsys):
+    benchmark_tool.main([
+        "--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--images", "2", "--warmup", "0",
+        "--repeats", "1", "--json", "DATASETS.ROOT", str(tmp_path),
+        "DATASETS.SYNTHETIC_DET.NUM_TRAIN", "2", "DATASETS.SYNTHETIC_DET.NUM_VAL", "4", "SOLVER.IMS_PER_BATCH", "2",
+    ])
+    out = capsys.readouterr().out
+    assert "2 test images of synthetic_det_val" in out
+    results = json.loads(out[out.index("{"):])
+    assert set(results) == {"inference s/image", "training s/iter"}
+    for r in results.values():
+        assert r["detres"] > 0 and r["torchvision_fasterrcnn_resnet50_fpn"] > 0
+        assert r["ratio"] == pytest.approx(r["torchvision_fasterrcnn_resnet50_fpn"] / r["detres"])
+
+
+def test_benchmark_refuses_a_classifier_config(benchmark_tool, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        benchmark_tool.main(["--config", str(REPO_ROOT / "configs" / "quickstart_cls.yaml")])
+    assert exit_info.value.code == 2 and "compares detectors" in capsys.readouterr().err
