@@ -230,5 +230,6 @@ _C.TEST.IMS_PER_BATCH = 8
 # scores averaged over MULTI_SCALE_SIZES shorter sides).
 _C.TEST.CLS_MODE = "center"
 _C.TEST.MULTI_SCALE_SIZES = (224, 256, 384, 480, 640)
-# Detection: dump this many ground-truth vs detection pictures to TensorBoard at each evaluation.
+# Detection: this many ground-truth vs detection pictures go to TensorBoard and, as JPEGs, to
+# OUTPUT_DIR/inference/<dataset>/pictures at each evaluation.
 _C.TEST.VIS_IMAGES = 0
