@@ -9,13 +9,17 @@ Both models see the same images: the first ``--images`` of the config's first te
 by detres's test-time mapper (so torchvision's own resize is set to the same sizes and is a no-op).
 Inference is timed per image (batch of 1, ``torch.inference_mode``); training per iteration on
 ``SOLVER.IMS_PER_BATCH`` of those images with their ground truth (forward, backward, SGD step).
-Each figure is the median of ``--repeats`` timings after ``--warmup`` untimed ones. torchvision's
-model is randomly initialised (nothing is downloaded); detres's uses ``MODEL.WEIGHTS`` when set
-(random weights change the amount of post-processing a little, not the network's cost).
+Each figure is the median of ``--repeats`` timings after ``--warmup`` untimed ones; ``--device cuda``
+and ``--autocast bf16`` measure on a GPU in bfloat16. torchvision's model is randomly initialised
+(nothing is downloaded); detres's uses ``MODEL.WEIGHTS`` when set. Random models get batch-norm
+statistics computed on the benchmark images (``calibrate_norm_statistics``) so that their RPNs
+propose a realistic number of regions, and training steps use lr 0 so that they cannot diverge
+while they are timed.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -62,6 +66,27 @@ def load_inputs(cfg, count: int) -> List[dict]:
     raise ValueError(f"{cfg.DATASETS.TEST[0]} has fewer than {count} images with boxes")
 
 
+def calibrate_norm_statistics(model: torch.nn.Module, model_inputs: tuple) -> None:
+    """For randomly initialised models: set every batch-norm layer's running mean and variance from
+    ``model(*model_inputs)`` (layer by layer, as the forward pass reaches it), as if its statistics had
+    been computed on data. Unnormalised random activations grow through the trunk until the RPN
+    proposes a handful of degenerate boxes; calibrated, it proposes as many regions as a trained one."""
+    def set_statistics(module: torch.nn.Module, args: tuple) -> None:
+        x = args[0].float()
+        module.running_mean.copy_(x.mean((0, 2, 3)))
+        module.running_var.copy_(x.var((0, 2, 3)))
+
+    layers = [m for m in model.modules() if isinstance(getattr(m, "running_var", None), torch.Tensor)]
+    handles = [m.register_forward_pre_hook(set_statistics) for m in layers]
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(*model_inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def torchvision_inputs(inputs: List[dict], input_format: str) -> List[torch.Tensor]:
     """RGB float images in [0, 1], as torchvision's detection models expect."""
     images = [x["image"].float() / 255 for x in inputs]
@@ -71,35 +96,44 @@ def torchvision_inputs(inputs: List[dict], input_format: str) -> List[torch.Tens
 def benchmark(cfg, args) -> Dict[str, Dict[str, float]]:
     device = torch.device(args.device)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.autocast)
+
+    def autocast():
+        return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
     inputs = load_inputs(cfg, max(args.images, cfg.SOLVER.IMS_PER_BATCH))
     test_inputs, train_inputs = inputs[: args.images], inputs[: cfg.SOLVER.IMS_PER_BATCH]
     height, width = test_inputs[0]["image"].shape[-2:]
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{torch.get_num_threads()} threads"
     print(f"{len(test_inputs)} test images of {cfg.DATASETS.TEST[0]} at about {height}x{width} px; "
-          f"training batches of {len(train_inputs)}; {device}, {torch.get_num_threads()} threads")
+          f"training batches of {len(train_inputs)}; {device} ({where}), {args.autocast if dtype else 'fp32'}")
 
     detres_model = build_model(cfg).to(device)
-    if cfg.MODEL.WEIGHTS:
-        load_weights(detres_model, cfg.MODEL.WEIGHTS)
     tv_model = torchvision.models.detection.fasterrcnn_resnet50_fpn(
         weights=None, weights_backbone=None, num_classes=cfg.MODEL.ROI_HEADS.NUM_CLASSES + 1,
         min_size=cfg.INPUT.MIN_SIZE_TEST, max_size=cfg.INPUT.MAX_SIZE_TEST).to(device)
     tv_images = [im.to(device) for im in torchvision_inputs(inputs, cfg.INPUT.FORMAT)]
+    calibrate_norm_statistics(tv_model, (tv_images,))
+    if cfg.MODEL.WEIGHTS:
+        load_weights(detres_model, cfg.MODEL.WEIGHTS)
+    else:
+        calibrate_norm_statistics(detres_model, (inputs,))
     tv_targets = [{"boxes": x["gt_boxes"].to(device), "labels": x["gt_classes"].to(device) + 1} for x in inputs]
 
     def infer(model, images) -> Callable[[], float]:
         def run() -> float:
             model.eval()
-            with torch.inference_mode():
+            with torch.inference_mode(), autocast():
                 return median_seconds(lambda: [model(im) for im in images], args.warmup, args.repeats, sync) / len(images)
         return run
 
     def train(model, step_inputs: Callable[[], tuple]) -> Callable[[], float]:
         def run() -> float:
             model.train()
-            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-4, momentum=0.9)
+            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
 
             def step() -> None:
-                losses = model(*step_inputs())
+                with autocast():
+                    losses = model(*step_inputs())
                 optimizer.zero_grad(set_to_none=True)
                 sum(losses.values()).backward()
                 optimizer.step()
@@ -130,6 +164,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed runs; the median is reported (default 5)")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument("--autocast", choices=["none", "bf16", "fp16"], default="none",
+                        help="run both models under torch.autocast with this dtype (default: fp32)")
     parser.add_argument("--skip-training", action="store_true", help="time inference only")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")

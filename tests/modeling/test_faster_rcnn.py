@@ -9,7 +9,7 @@ from detres.utils.events import EventStorage
 NUM_CLASSES = 3
 
 
-def _r18_model(**roi_heads):
+def _r18_model(channels_last: bool = True, **roi_heads):
     # ResNet-18 topology at quarter width (res5: 128 channels) so that 20 CPU iterations take seconds;
     # a randomly initialised trunk with identity frozen BN needs unit-scale inputs (PIXEL_STD).
     cfg = load_config(
@@ -26,6 +26,7 @@ def _r18_model(**roi_heads):
             "MODEL.RPN.POST_NMS_TOPK_TRAIN", 64,
             "MODEL.RPN.POST_NMS_TOPK_TEST", 32,
             "INPUT.SIZE_DIVISIBILITY", 32,
+            "MODEL.CHANNELS_LAST", channels_last,
             *[x for k, v in roi_heads.items() for x in (f"MODEL.ROI_HEADS.{k}", v)],
         ],
     )
@@ -87,6 +88,22 @@ def test_inference_outputs_in_original_pixels():
         assert (r["boxes"] >= 0).all() and (r["boxes"][:, 2] <= w).all() and (r["boxes"][:, 3] <= h).all()
     assert results[0]["boxes"][:, 2].max() > 160  # rescaled beyond the input's width
     assert model([x])[0]["boxes"].shape[1] == 4  # eval-mode forward is inference
+
+
+def test_channels_last_changes_speed_not_results():
+    fast, plain = _r18_model(SCORE_THRESH_TEST=0.0).eval(), _r18_model(channels_last=False, SCORE_THRESH_TEST=0.0).eval()
+    conv = fast.backbone.stem.conv1.conv.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert plain.backbone.stem.conv1.conv.weight.is_contiguous()
+    plain.load_state_dict(fast.state_dict())
+    inputs = [_synthetic_input()]
+    with torch.inference_mode():
+        features = fast.backbone(fast.preprocess_image(inputs)[0])["res4"]
+        assert features.is_contiguous(memory_format=torch.channels_last)  # activations follow the weights
+        a, b = fast(inputs)[0], plain(inputs)[0]
+    assert len(a["boxes"]) == len(b["boxes"]) > 0
+    assert torch.allclose(a["boxes"], b["boxes"], atol=1e-3) and torch.allclose(a["scores"], b["scores"], atol=1e-5)
+    assert torch.equal(a["classes"], b["classes"])
 
 
 def test_postprocess_rescales_clips_and_drops_empty():

@@ -17,10 +17,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -36,6 +38,8 @@ __all__ = [
     "generate_synthetic_detection",
     "synthetic_detection_folder",
 ]
+
+logger = logging.getLogger(__name__)
 
 CLASSES = ("circle", "square", "triangle", "ellipse", "cross", "star")
 _MIN_VISIBLE = 0.6
@@ -189,8 +193,12 @@ def ensure_synthetic_detection(root: os.PathLike, spec: SyntheticDetectionSpec) 
         return target
     Path(root).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=root))
+    logger.info("Generating the synthetic detection dataset (%d train + %d val images) into %s",
+                spec.num_train, spec.num_val, target)
+    start = time.perf_counter()
     try:
         generate_synthetic_detection(tmp, spec)
+        logger.info("Generated %s in %.1f s", target, time.perf_counter() - start)
         try:
             os.rename(tmp, target)
         except OSError:  # another process finished first, or a stale incomplete folder is in the way
