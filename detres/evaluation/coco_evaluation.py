@@ -110,7 +110,7 @@ def format_results_table(metrics: Dict[str, float], columns: int = 3) -> str:
         rows.append(" | ".join(f"{n:<{width}} {v:6.2f}" for n, v in per_class[i:i + columns]))
     table = f"{head}\n{values}"
     if rows:
-        table += f"\nper-category AP:\n" + "\n".join(rows)
+        table += "\nper-category AP:\n" + "\n".join(rows)
     return table
 
 

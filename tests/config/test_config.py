@@ -1,6 +1,4 @@
 """The config system: _BASE_ inheritance, overrides, and errors that name the key."""
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest

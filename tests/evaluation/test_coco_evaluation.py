@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from detres.config import get_cfg
-from detres.data.catalog import DatasetCatalog, MetadataCatalog
+from detres.data.catalog import DatasetCatalog
 from detres.data.detection.coco import load_coco_api, register_coco_instances
 from detres.evaluation.build import build_evaluator
 from detres.evaluation.coco_evaluation import COCO_METRICS, COCOEvaluator, evaluate_coco
