@@ -100,6 +100,7 @@ def benchmark(cfg, args) -> Dict[str, Dict[str, float]]:
 
     def autocast():
         return torch.autocast(device.type, dtype=dtype) if dtype else contextlib.nullcontext()
+
     inputs = load_inputs(cfg, max(args.images, cfg.SOLVER.IMS_PER_BATCH))
     test_inputs, train_inputs = inputs[: args.images], inputs[: cfg.SOLVER.IMS_PER_BATCH]
     height, width = test_inputs[0]["image"].shape[-2:]

@@ -178,7 +178,8 @@ class COCOEvaluator:
             if storage is not None:
                 storage.put_image(f"{self.dataset_name}/gt_vs_pred_{i}", picture)
             if folder:
-                cv2.imwrite(os.path.join(folder, f"gt_vs_pred_{i}.jpg"), np.ascontiguousarray(picture.transpose(1, 2, 0)[:, :, ::-1]))
+                bgr = np.ascontiguousarray(picture.transpose(1, 2, 0)[:, :, ::-1])  # (3, H, W) RGB -> (H, W, 3) BGR
+                cv2.imwrite(os.path.join(folder, f"gt_vs_pred_{i}.jpg"), bgr)
         if folder:
             logger.info("Wrote %d ground truth (left) vs detections (right) pictures to %s", len(self._pictures), folder)
 

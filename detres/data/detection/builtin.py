@@ -41,8 +41,8 @@ _COCO_UNUSED_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
 COCO_CATEGORIES = tuple(zip((i for i in range(1, 91) if i not in _COCO_UNUSED_IDS), _COCO_NAMES))
 
 _HOW_TO_GET_COCO = (
-    "See datasets/README.md and datasets/COCO.md for how to download and lay out COCO 2017, set DATASETS.ROOT (or $DETRES_DATASETS) "
-    "to the folder holding coco/, or start with the synthetic quickstart: "
+    "See datasets/README.md and datasets/COCO.md for how to download and lay out COCO 2017, set "
+    "DATASETS.ROOT (or $DETRES_DATASETS) to the folder holding coco/, or start with the synthetic quickstart: "
     "python tools/train_net.py --config configs/quickstart.yaml"
 )
 
