@@ -63,7 +63,7 @@ class DetectionDatasetMapper:
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
-        boxes = transform.apply_boxes(boxes)
+        boxes = transform.apply_boxes(boxes).astype(np.float32)
         return {
             "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
             "gt_boxes": torch.from_numpy(boxes[~crowd]),
