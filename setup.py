@@ -24,7 +24,7 @@ setup(
         "torchvision>=0.19",
         "numpy",
         "pycocotools>=2.0.7",
-        "albumentations>=1.4",
+        "Pillow",
         "opencv-python-headless>=4.8",
         "fvcore>=0.1.5.post20221221",
         "iopath",

@@ -122,7 +122,7 @@ def collect_env_info() -> str:
         rows.append(("cuDNN", str(torch.backends.cudnn.version())))
         for i in range(torch.cuda.device_count()):
             rows.append((f"GPU {i}", torch.cuda.get_device_name(i)))
-    for name in ("torchvision", "fvcore", "pycocotools", "albumentations", "opencv-python-headless", "opencv-python"):
+    for name in ("torchvision", "fvcore", "pycocotools", "Pillow", "opencv-python-headless", "opencv-python"):
         try:  # the installed distributions' metadata: no (slow) imports
             rows.append((name, importlib.metadata.version(name)))
         except importlib.metadata.PackageNotFoundError:
