@@ -19,9 +19,14 @@ def check_datasets(cfg, train: bool = True) -> None:
     """Raise early (before a model is built or weights are downloaded) when a dataset of
     ``DATASETS.TEST`` (and ``DATASETS.TRAIN`` when ``train``) is unknown or its files are missing;
     datasets generated on first use are generated here."""
+    from detres.config import ConfigError
+
     register_from_config(cfg)
     for name in (list(cfg.DATASETS.TRAIN) if train else []) + list(cfg.DATASETS.TEST):
-        DatasetCatalog.check(name)
+        try:
+            DatasetCatalog.check(name)
+        except KeyError as e:  # a dataset name in the config that nothing registers
+            raise ConfigError(e.args[0]) from None
 
 
 def dataset_task(names: List[str]) -> str:

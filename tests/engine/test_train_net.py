@@ -104,6 +104,8 @@ def test_config_errors_print_one_line_and_exit_2(tmp_path, train_net, capsys):
         (["--config", str(tiny), "SOLVER.LR_SCHEDULER", "poly", "OUTPUT_DIR", str(tmp_path / "o")],
          "SOLVER.LR_SCHEDULER"),  # a bad value found while building the trainer
         (["--config", str(tiny), "--eval-only", "OUTPUT_DIR", str(tmp_path / "e")], "MODEL.WEIGHTS"),
+        (["--config", str(tiny), "DATASETS.TEST", "('my_val',)", "OUTPUT_DIR", str(tmp_path / "d")],
+         "dataset 'my_val' is not registered"),
     ]:
         with pytest.raises(SystemExit) as exit_info:
             train_net.cli(argv)

@@ -1,5 +1,5 @@
 """The README's main command, configs/quickstart.yaml, end to end through tools/train_net.py on a
-shortened schedule (the full 1500 iterations take about 7 minutes; the closing notes and README give
+shortened schedule (the full 1500 iterations take about 6.5 minutes; the closing notes and README give
 their figures): the dataset is generated on first use, the detector learns, the COCO table is printed
 and the pictures are written."""
 import json
