@@ -80,9 +80,11 @@ def build_predictor(cfg) -> torch.nn.Module:
 
 
 @torch.inference_mode()
-def predict(model: torch.nn.Module, cfg, image_path: Path) -> dict:
-    """The model's detection output for one image ("boxes" XYXY in the image's own pixels, "scores", "classes")."""
-    image = read_image(str(image_path), cfg.INPUT.FORMAT)
+def predict(model: torch.nn.Module, cfg, image: np.ndarray) -> dict:
+    """The model's detection output for one (H, W, 3) uint8 BGR image ("boxes" XYXY in the image's own
+    pixels, "scores", "classes")."""
+    if cfg.INPUT.FORMAT == "RGB":
+        image = np.ascontiguousarray(image[:, :, ::-1])
     h, w = image.shape[:2]
     transform = DetectionAugmentation.from_config(cfg, is_train=False).sample(h, w, np.random.default_rng(0))
     tensor = torch.from_numpy(transform.apply_image(image).transpose(2, 0, 1).copy())
@@ -98,9 +100,10 @@ def run(args: argparse.Namespace) -> List[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in images:
-        output = {k: v.detach().cpu().numpy() for k, v in predict(model, cfg, path).items()}
+        image = read_image(str(path), "BGR")
+        output = {k: v.detach().cpu().numpy() for k, v in predict(model, cfg, image).items()}
         keep = output["scores"] >= args.confidence
-        picture = draw_instances(read_image(str(path), "BGR"), output["boxes"][keep], output["classes"][keep],
+        picture = draw_instances(image, output["boxes"][keep], output["classes"][keep],
                                  output["scores"][keep], names)
         target = out_dir / (path.stem + ".jpg")
         if not cv2.imwrite(str(target), picture):

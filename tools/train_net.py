@@ -26,13 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detres.config import ConfigError, load_config  # noqa: E402
 from detres.data.build import check_datasets  # noqa: E402
 from detres.data.classification.datasets import DatasetLayoutError  # noqa: E402
-from detres.engine.checkpoint import Checkpointer, atomic_write  # noqa: E402
+from detres.engine.checkpoint import Checkpointer  # noqa: E402
 from detres.engine.defaults import default_argument_parser, default_setup  # noqa: E402
 from detres.engine.launch import default_backend, launch  # noqa: E402
 from detres.engine.trainer import Trainer  # noqa: E402
 from detres.modeling.meta_arch.build import resolve_device  # noqa: E402
 from detres.utils import comm  # noqa: E402
 from detres.utils.download import DownloadError  # noqa: E402
+from detres.utils.file_io import atomic_write  # noqa: E402
 
 logger = logging.getLogger("detres.train_net")
 

@@ -18,7 +18,7 @@ from typing import Dict, Iterator, List, Optional, Tuple
 import numpy as np
 from torch.utils.data import Sampler
 
-__all__ = ["GroupedBatchSampler", "InferenceSampler", "TrainingSampler"]
+__all__ = ["GroupedBatchSampler", "InferenceSampler", "TrainingSampler", "trivial_batch_collator"]
 
 
 def _dist_info(rank: Optional[int], world_size: Optional[int]):
@@ -109,3 +109,8 @@ class GroupedBatchSampler:
                     yield list(bucket)
                 emitted += 1
                 bucket.clear()
+
+
+def trivial_batch_collator(batch: List[dict]) -> List[dict]:
+    """The loaders' ``collate_fn``: a batch stays a list of per-image dicts (models batch themselves)."""
+    return batch

@@ -4,24 +4,24 @@ A checkpoint is one ``torch.save`` file holding ``{"model": state_dict, <name>: 
 each checkpointable (optimizer, scheduler, ...), **extra}`` (extra: ``iteration``, RNG states, ...),
 using only tensors and plain Python types so that it loads with ``torch.load(weights_only=True)``.
 
-Every file is written to a temporary file in the same folder, flushed, fsync-ed and moved into place
-with ``os.replace``; the ``last_checkpoint`` file (the name of the newest checkpoint) is updated the
-same way afterwards. A process killed during a save therefore leaves the previous checkpoint and the
-pointer to it intact (at worst a stray ``.*.tmp`` file).
+Every file is written with ``detres.utils.file_io.atomic_write`` (a temporary file in the same folder,
+flushed, fsync-ed and moved into place with ``os.replace``); the ``last_checkpoint`` file (the name of
+the newest checkpoint) is updated the same way afterwards. A process killed during a save therefore
+leaves the previous checkpoint and the pointer to it intact (at worst a stray ``.*.tmp`` file).
 """
 from __future__ import annotations
 
 import logging
 import os
-import tempfile
-from typing import Any, Callable, Dict, IO, Optional
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
 from detres.utils import comm
+from detres.utils.file_io import atomic_write
 
-__all__ = ["Checkpointer", "atomic_write", "unwrap_model"]
+__all__ = ["Checkpointer", "unwrap_model"]
 
 logger = logging.getLogger(__name__)
 POINTER_FILE = "last_checkpoint"
@@ -30,28 +30,6 @@ POINTER_FILE = "last_checkpoint"
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The module inside a ``DistributedDataParallel`` / ``DataParallel`` wrapper (or ``model``)."""
     return model.module if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)) else model
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(file)`` on a temporary file next to ``path`` and move it onto ``path`` once it is
-    complete and on disk. If ``write`` raises, ``path`` is untouched and the temporary file removed."""
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:  # make the rename itself durable
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class Checkpointer:

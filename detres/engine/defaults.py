@@ -21,7 +21,7 @@ import torch
 
 import detres
 from detres.config import CfgNode
-from detres.engine.checkpoint import atomic_write
+from detres.utils.file_io import atomic_write
 from detres.utils import comm
 from detres.utils.env import collect_env_info, draw_seed, git_hash, seed_all_rng
 from detres.utils.logger import setup_logger

@@ -16,12 +16,13 @@ import hashlib
 import http.client
 import logging
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Optional, Union
+
+from detres.utils.file_io import atomic_write
 
 __all__ = ["ChecksumError", "DownloadError", "cache_dir", "cached_path_for", "download", "sha256_file"]
 
@@ -99,18 +100,14 @@ def download(
         _check_hash(sha256_file(target), sha256, f"cached file {target} (from {url}); delete it to download again")
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=target.name + ".", suffix=".part", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            digest = _fetch(url, out, progress, timeout, target)
-            out.flush()
-            os.fsync(out.fileno())
-        _check_hash(digest, sha256, f"download of {url} (the file was discarded)")
-        os.replace(tmp_name, target)
-    except BaseException:
-        if os.path.exists(tmp_name):
-            os.remove(tmp_name)
-        raise
+    fetched = {}
+
+    def fetch_and_check(out) -> None:  # raising here leaves no file behind
+        fetched["digest"] = _fetch(url, out, progress, timeout, target)
+        _check_hash(fetched["digest"], sha256, f"download of {url} (the file was discarded)")
+
+    atomic_write(str(target), fetch_and_check, suffix=".part")
+    digest = fetched["digest"]
     if not sha256:
         logger.info("downloaded %s to %s (sha256 %s, not verified: no known hash)", url, target, digest)
     else:

@@ -24,6 +24,7 @@ __all__ = [
     "draw_seed",
     "git_hash",
     "preserved_rng_state",
+    "resolve_seed",
     "restore_rng_state",
     "seed_all_rng",
 ]
@@ -32,6 +33,16 @@ __all__ = [
 def draw_seed() -> int:
     """A fresh seed from the OS entropy pool, in [0, 2**31)."""
     return int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
+
+
+def resolve_seed(seed: int) -> int:
+    """``seed`` when it is >= 0; otherwise a seed drawn by the main process and shared with every
+    process (all of them must draw the same data stream)."""
+    if seed >= 0:
+        return int(seed)
+    from detres.utils import comm
+
+    return comm.all_gather(draw_seed())[0]
 
 
 def seed_all_rng(seed: int) -> None:

@@ -32,3 +32,21 @@ def test_benchmark_refuses_a_classifier_config(benchmark_tool, capsys):
     with pytest.raises(SystemExit) as exit_info:
         benchmark_tool.main(["--config", str(REPO_ROOT / "configs" / "quickstart_cls.yaml")])
     assert exit_info.value.code == 2 and "compares detectors" in capsys.readouterr().err
+
+
+def test_norm_statistics_are_calibrated_layer_by_layer(benchmark_tool):
+    import torch
+    from torch import nn
+
+    from detres.modeling.norm import FrozenBatchNorm2d
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), FrozenBatchNorm2d(8))
+    x = 50 * torch.rand(4, 3, 16, 16) + 100  # far from unit scale, as raw pixels are
+    benchmark_tool.calibrate_norm_statistics(model, (x,))
+    assert not model.training
+    with torch.no_grad():
+        for end in (2, 5):  # the outputs of both norm layers, with the statistics set on this input
+            y = model[:end](x)
+            assert y.mean((0, 2, 3)).abs().max() < 1e-3
+            assert (y.var((0, 2, 3)) - 1).abs().max() < 1e-2

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from detres.data.detection.mapper import read_image
 from detres.utils.visualizer import class_colour, draw_instances, gt_vs_pred_picture
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -55,7 +56,7 @@ def test_demo_on_the_golden_detector(shared_dir, coco128_dir, tmp_path, capsys, 
 
     cfg = demo.load_config(str(config), opts)
     model = demo.build_predictor(cfg)
-    output = demo.predict(model, cfg, image_dir / "000000000009.jpg")
+    output = demo.predict(model, cfg, read_image(str(image_dir / "000000000009.jpg")))
     keep = output["scores"] >= 0.5
     assert int(lines[0].split(": ")[1].split()[0]) == int(keep.sum()) > 0
     original = cv2.imread(str(image_dir / "000000000009.jpg"))

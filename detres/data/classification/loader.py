@@ -36,8 +36,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from detres.data.catalog import DatasetCatalog
 from detres.data.classification.datasets import compute_mean_image, read_image
 from detres.data.classification.transforms import build_test_transform, build_train_transform
-from detres.data.samplers import InferenceSampler, TrainingSampler
+from detres.data.samplers import InferenceSampler, TrainingSampler, trivial_batch_collator
 from detres.utils import comm
+from detres.utils.env import resolve_seed
 
 __all__ = [
     "ClassificationDataset",
@@ -48,10 +49,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-def trivial_batch_collator(batch: List[dict]) -> List[dict]:
-    return batch
 
 
 class KeyedTrainingSampler(Sampler):
@@ -142,10 +139,9 @@ class ClassificationTrainLoader:
 
 
 def _resolve_seed(cfg, seed: Optional[int]) -> int:
-    if seed is None:
-        seed = cfg.SEED
-    if seed < 0:
-        seed = int(np.random.SeedSequence().entropy % (2**31))
+    requested = cfg.SEED if seed is None else seed
+    seed = resolve_seed(requested)
+    if seed != requested:
         logger.warning("SEED < 0: the training data stream uses the drawn seed %d (set SEED to reproduce it)", seed)
     return seed
 

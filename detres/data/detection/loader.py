@@ -24,7 +24,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from detres.data.catalog import DatasetCatalog, MetadataCatalog
 from detres.data.detection.mapper import DetectionDatasetMapper, ImageReadError
-from detres.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler
+from detres.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler, trivial_batch_collator
+from detres.utils.env import resolve_seed
 
 __all__ = ["get_detection_records", "build_detection_train_loader", "build_detection_test_loader"]
 
@@ -52,10 +53,6 @@ def get_detection_records(names: Sequence[str], filter_empty: bool) -> List[dict
     if not records:
         raise ValueError(f"datasets {list(names)} have no usable images")
     return records
-
-
-def _as_batch(batch):
-    return batch
 
 
 class _TrainDataset(Dataset):
@@ -93,17 +90,6 @@ class _TestDataset(Dataset):
         return self.mapper(self.records[index])
 
 
-def _shared_seed(cfg) -> int:
-    from detres.utils import comm
-    from detres.utils.env import draw_seed
-
-    if cfg.SEED >= 0:
-        return int(cfg.SEED)
-    seed = comm.all_gather(draw_seed())[0]  # every process must draw the same index stream
-    logger.info("SEED < 0: the training loader uses the drawn seed %d", seed)
-    return seed
-
-
 def build_detection_train_loader(cfg, names: Sequence[str], start_iter: int = 0) -> DataLoader:
     """An infinite loader of ``SOLVER.IMS_PER_BATCH / world_size`` images per batch for this process,
     starting at batch ``start_iter`` of the seeded stream."""
@@ -117,12 +103,14 @@ def build_detection_train_loader(cfg, names: Sequence[str], start_iter: int = 0)
         group_ids = np.array([int(r["width"] >= r["height"]) for r in records])
     else:
         group_ids = np.zeros(len(records), dtype=np.int64)
-    seed = _shared_seed(cfg)
+    seed = resolve_seed(cfg.SEED)
+    if seed != cfg.SEED:
+        logger.info("SEED < 0: the training loader uses the drawn seed %d", seed)
     sampler = TrainingSampler(len(records), shuffle=True, seed=seed, rank=rank, world_size=world)
     batch_sampler = GroupedBatchSampler(sampler, group_ids, cfg.SOLVER.IMS_PER_BATCH // world, start_iter=start_iter)
     dataset = _TrainDataset(records, DetectionDatasetMapper.from_config(cfg, is_train=True), group_ids, seed)
     return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=cfg.DATALOADER.NUM_WORKERS,
-                      collate_fn=_as_batch)
+                      collate_fn=trivial_batch_collator)
 
 
 def build_detection_test_loader(cfg, name: str) -> DataLoader:
@@ -131,4 +119,4 @@ def build_detection_test_loader(cfg, name: str) -> DataLoader:
     records = get_detection_records([name], filter_empty=False)
     dataset = _TestDataset(records, DetectionDatasetMapper.from_config(cfg, is_train=False))
     return DataLoader(dataset, sampler=InferenceSampler(len(records)), batch_size=cfg.TEST.IMS_PER_BATCH,
-                      num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=_as_batch)
+                      num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=trivial_batch_collator)
