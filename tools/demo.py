@@ -7,8 +7,9 @@
 Images are preprocessed like the test loader (``INPUT.FORMAT``, shortest-edge resize to
 ``INPUT.MIN_SIZE_TEST`` / ``MAX_SIZE_TEST``); detections with score >= ``--confidence`` are drawn on
 the original image and written to ``--output`` under the input's file name (as .jpg), with one line
-per image printed. Class names come from the metadata of the config's first test (else training)
-dataset; without MODEL.WEIGHTS the model keeps its random initialisation (a warning says so).
+per image printed (its detections' names and scores). Class names are those a detres checkpoint records (no dataset needed), else those of
+the config's first test (else training) dataset with MODEL.ROI_HEADS.NUM_CLASSES names, else class
+numbers; without MODEL.WEIGHTS the model keeps its random initialisation (a warning says so).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -57,26 +58,33 @@ def input_images(path: Path) -> List[Path]:
     return [path]
 
 
-def class_names(cfg) -> Optional[List[str]]:
+def class_names(cfg, recorded: Optional[Sequence[str]] = None) -> Optional[List[str]]:
+    """The names to label detections with: ``recorded`` (by the checkpoint), else a dataset's of the
+    config, whichever has MODEL.ROI_HEADS.NUM_CLASSES names; ``None`` (class numbers) otherwise."""
+    num = cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    if recorded is not None and len(recorded) == num:
+        return list(recorded)
     register_from_config(cfg)
     for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
         names = getattr(MetadataCatalog.get(name), "thing_classes", None)
-        if names is not None and len(names) == cfg.MODEL.ROI_HEADS.NUM_CLASSES:
+        if names is not None and len(names) == num:
             return list(names)
-    logger.warning("no dataset of the config has %d class names; labelling detections by class index",
-                   cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+    logger.warning("neither the checkpoint nor a dataset of the config has %d class names; labelling detections "
+                   "by class index", num)
     return None
 
 
-def build_predictor(cfg) -> torch.nn.Module:
+def build_predictor(cfg) -> Tuple[torch.nn.Module, Optional[List[str]]]:
+    """The model in eval mode and the class names its weights record (``None`` when they record none)."""
     model = build_model(cfg)
+    recorded = None
     if cfg.MODEL.WEIGHTS:
         from detres.modeling.weight_import import load_weights
 
-        load_weights(model, cfg.MODEL.WEIGHTS)
+        recorded = load_weights(model, cfg.MODEL.WEIGHTS).class_names
     else:
         logger.warning("MODEL.WEIGHTS is empty: the model has random weights, its detections are meaningless")
-    return model.eval()
+    return model.eval(), recorded
 
 
 @torch.inference_mode()
@@ -94,8 +102,8 @@ def predict(model: torch.nn.Module, cfg, image: np.ndarray) -> dict:
 def run(args: argparse.Namespace) -> List[Path]:
     cfg = load_config(args.config, args.opts)
     images = input_images(Path(args.input))
-    names = class_names(cfg)
-    model = build_predictor(cfg)
+    model, recorded = build_predictor(cfg)
+    names = class_names(cfg, recorded)
     out_dir = Path(args.output)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
@@ -109,7 +117,10 @@ def run(args: argparse.Namespace) -> List[Path]:
         if not cv2.imwrite(str(target), picture):
             raise OSError(f"cannot write {target}")
         written.append(target)
-        print(f"{path}: {int(keep.sum())} detections with score >= {args.confidence} -> {target}")
+        labels = [names[c] if names is not None else f"class {c}" for c in output["classes"][keep]]
+        found = ", ".join(f"{label} {score:.2f}" for label, score in zip(labels, output["scores"][keep]))
+        print(f"{path}: {int(keep.sum())} detections with score >= {args.confidence} -> {target}"
+              + (f" ({found})" if found else ""))
     return written
 
 

@@ -11,7 +11,9 @@
 The task (loaders, evaluator) follows from the datasets' metadata and the model from
 MODEL.META_ARCHITECTURE. A config error (unknown key, wrong type) prints one line and exits with 2;
 missing data (checked first, before the model is built) or undownloadable weights print one line
-saying what to do and exit with 1.
+saying what to do and exit with 1; a run that fails before training starts removes the output folder
+it made. The console shows a short summary of the run; --verbose adds the full config, environment
+and model (always in OUTPUT_DIR: config.yaml, env.txt, log.txt).
 """
 from __future__ import annotations
 
@@ -24,23 +26,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from detres.config import ConfigError, load_config  # noqa: E402
-from detres.data.build import check_datasets  # noqa: E402
+from detres.data.build import DatasetError, check_datasets  # noqa: E402
 from detres.data.classification.datasets import DatasetLayoutError  # noqa: E402
 from detres.engine.checkpoint import Checkpointer  # noqa: E402
-from detres.engine.defaults import default_argument_parser, default_setup  # noqa: E402
-from detres.engine.launch import default_backend, launch  # noqa: E402
+from detres.engine.defaults import default_argument_parser, default_setup, removed_on_setup_failure  # noqa: E402
+from detres.engine.launch import WorkerFailedError, default_backend, launch  # noqa: E402
 from detres.engine.trainer import Trainer  # noqa: E402
 from detres.modeling.meta_arch.build import resolve_device  # noqa: E402
 from detres.utils import comm  # noqa: E402
 from detres.utils.download import DownloadError  # noqa: E402
-from detres.utils.file_io import atomic_write  # noqa: E402
+from detres.utils.file_io import WriteError, atomic_write  # noqa: E402
 
 logger = logging.getLogger("detres.train_net")
-
-
-def setup(args):
-    cfg = load_config(args.config_file, args.opts)
-    return default_setup(cfg, args)
 
 
 def evaluate_only(cfg, args):
@@ -48,8 +45,9 @@ def evaluate_only(cfg, args):
     checkpointer = Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False)
     if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
         raise ConfigError("--eval-only needs MODEL.WEIGHTS (or --resume with a checkpoint in OUTPUT_DIR)")
-    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-    results = Trainer.test(cfg, model)
+    checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume,
+                                require_class_layers=not cfg.TEST.ALLOW_CLASS_MISMATCH)
+    results = Trainer.test(cfg, model, class_names=checkpointer.class_names)
     if comm.is_main_process():
         path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
         atomic_write(path, lambda f: f.write((json.dumps(results, indent=2) + "\n").encode()))
@@ -59,17 +57,19 @@ def evaluate_only(cfg, args):
 
 def main(args):
     try:
-        cfg = setup(args)
-        check_datasets(cfg, train=not args.eval_only)  # missing data fails before any model or download
-        if args.eval_only:
-            return evaluate_only(cfg, args)
-        trainer = Trainer(cfg)
-        trainer.resume_or_load(resume=args.resume)
+        cfg = load_config(args.config_file, args.opts)
+        with removed_on_setup_failure(cfg.OUTPUT_DIR):  # a failed set-up leaves no half-made folder
+            cfg = default_setup(cfg, args)
+            check_datasets(cfg, train=not args.eval_only)  # missing data fails before any model or download
+            if args.eval_only:
+                return evaluate_only(cfg, args)
+            trainer = Trainer(cfg)
+            trainer.resume_or_load(resume=args.resume)
         return trainer.train()
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
-    except (FileNotFoundError, DatasetLayoutError, DownloadError) as e:  # missing data or weights: say what to do
+    except (FileNotFoundError, DatasetLayoutError, DatasetError, DownloadError, WriteError) as e:  # missing input, unwritable output
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
 
@@ -82,8 +82,12 @@ def cli(argv=None) -> None:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     use_gpu = resolve_device(cfg.MODEL.DEVICE).type == "cuda"
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,), backend=default_backend(use_gpu))
+    try:
+        launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+               dist_url=args.dist_url, args=(args,), backend=default_backend(use_gpu))
+    except WorkerFailedError as e:  # a spawned process failed; it printed its own error
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

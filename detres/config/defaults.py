@@ -143,6 +143,9 @@ _C.INPUT.MAX_SIZE_TRAIN = 1000
 _C.INPUT.MIN_SIZE_TEST = 600
 _C.INPUT.MAX_SIZE_TEST = 1000
 _C.INPUT.RANDOM_FLIP = "horizontal"  # or "none"
+# Detection images larger than this (height * width of their annotation) are skipped in training
+# (counted, one warning) and an error in testing: decoding one costs 3 bytes a pixel. 0: no limit.
+_C.INPUT.MAX_IMAGE_PIXELS = 50_000_000
 # Pad batched images so that height and width are divisible by this (0: no constraint).
 _C.INPUT.SIZE_DIVISIBILITY = 0
 
@@ -233,3 +236,6 @@ _C.TEST.MULTI_SCALE_SIZES = (224, 256, 384, 480, 640)
 # Detection: this many ground-truth vs detection pictures go to TensorBoard and, as JPEGs, to
 # OUTPUT_DIR/inference/<dataset>/pictures at each evaluation.
 _C.TEST.VIS_IMAGES = 0
+# Evaluating a model on a dataset with another number of classes (or with checkpoint class layers of
+# another number of classes) is a config error; True evaluates anyway, with a warning.
+_C.TEST.ALLOW_CLASS_MISMATCH = False

@@ -1,11 +1,41 @@
-"""Data loaders for training and testing, chosen by the dataset's task (see ``catalog``)."""
+"""Data loaders for training and testing, chosen by the dataset's task (see ``catalog``), and the
+errors of bad dataset content (``DatasetError``: tools print it as one line naming the file)."""
 from __future__ import annotations
 
 from typing import List
 
 from detres.data.catalog import DatasetCatalog, MetadataCatalog
 
-__all__ = ["build_train_loader", "build_test_loader", "check_datasets", "dataset_task", "register_from_config"]
+__all__ = [
+    "DatasetError",
+    "DatasetFormatError",
+    "build_train_loader",
+    "build_test_loader",
+    "check_datasets",
+    "dataset_task",
+    "register_from_config",
+]
+
+_WORKER_TRACEBACK = "\nOriginal Traceback (most recent call last):"
+
+
+class DatasetError(Exception):
+    """Bad dataset content; its message names the file and the record.
+
+    A DataLoader worker's exception is re-raised in the main process with the worker's traceback
+    appended to its message; ``str()`` gives back the original one-line message.
+    """
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if _WORKER_TRACEBACK not in text:
+            return text
+        return text.rstrip().rsplit("\n", 1)[-1].split(": ", 1)[-1]
+
+
+class DatasetFormatError(DatasetError, ValueError):
+    """An annotation file or record that does not follow its format (wrong type, missing field,
+    duplicate id, unknown reference, image too large)."""
 
 
 def register_from_config(cfg) -> None:

@@ -7,19 +7,20 @@ using only tensors and plain Python types so that it loads with ``torch.load(wei
 Every file is written with ``detres.utils.file_io.atomic_write`` (a temporary file in the same folder,
 flushed, fsync-ed and moved into place with ``os.replace``); the ``last_checkpoint`` file (the name of
 the newest checkpoint) is updated the same way afterwards. A process killed during a save therefore
-leaves the previous checkpoint and the pointer to it intact (at worst a stray ``.*.tmp`` file).
+leaves the previous checkpoint and the pointer to it intact (at worst a stray ``.*.tmp`` file, which
+the next save removes); a disk that refuses the write is a one-line ``WriteError`` naming the file.
 """
 from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import torch
 from torch import nn
 
 from detres.utils import comm
-from detres.utils.file_io import atomic_write
+from detres.utils.file_io import WriteError, atomic_write, make_dirs, remove_partial_writes
 
 __all__ = ["Checkpointer", "unwrap_model"]
 
@@ -47,22 +48,45 @@ class Checkpointer:
         self.save_dir = save_dir
         self.save_to_disk = comm.is_main_process() if save_to_disk is None else save_to_disk
         self.checkpointables = checkpointables
+        self.class_names: Optional[List[str]] = None  # recorded by the last checkpoint or weights loaded
 
     # ------------------------------------------------------------------ saving
     def save(self, name: str, **extra: Any) -> Optional[str]:
-        """Write ``<save_dir>/<name>.pth`` atomically and point ``last_checkpoint`` at it."""
+        """Write ``<save_dir>/<name>.pth`` atomically and point ``last_checkpoint`` at it.
+
+        Partial files of an earlier save that was killed mid-write are removed first (with a warning).
+        If the disk refuses the write (full, read-only, permission denied), raises :class:`WriteError`:
+        one line naming the file, the cause and the last checkpoint, which stays intact.
+        """
         if not self.save_to_disk:
             return None
         data: Dict[str, Any] = {"model": self.model.state_dict()}
         for key, obj in self.checkpointables.items():
             data[key] = obj.state_dict()
         data.update(extra)
-        os.makedirs(self.save_dir, exist_ok=True)
         path = os.path.join(self.save_dir, f"{name}.pth")
-        atomic_write(path, lambda f: torch.save(data, f))
-        atomic_write(os.path.join(self.save_dir, POINTER_FILE), lambda f: f.write(os.path.basename(path).encode()))
+        try:
+            make_dirs(self.save_dir)
+            self._remove_partial_saves()
+            atomic_write(path, lambda f: torch.save(data, f))
+            atomic_write(os.path.join(self.save_dir, POINTER_FILE), lambda f: f.write(os.path.basename(path).encode()))
+        except WriteError as e:
+            raise WriteError(f"{e}; {self._last_checkpoint_note()}", e.errno) from e
         logger.info(f"Saved checkpoint {path}")
         return path
+
+    def _remove_partial_saves(self) -> None:
+        stale = remove_partial_writes(self.save_dir, "*.pth") + remove_partial_writes(self.save_dir, POINTER_FILE)
+        if stale:
+            logger.warning(f"Removed {len(stale)} partial file(s) of a checkpoint save that was interrupted "
+                           f"(process killed): {', '.join(os.path.basename(p) for p in stale)}")
+
+    def _last_checkpoint_note(self) -> str:
+        try:
+            last = self.get_checkpoint_file()
+        except FileNotFoundError as e:
+            return str(e)
+        return f"the last checkpoint, {last}, is intact" if last else f"there is no earlier checkpoint in {self.save_dir}"
 
     # ------------------------------------------------------------------ loading
     def get_checkpoint_file(self) -> Optional[str]:
@@ -94,13 +118,16 @@ class Checkpointer:
             if key not in data:
                 raise RuntimeError(f"checkpoint {path} has no {key!r} state; cannot resume from it")
             obj.load_state_dict(data.pop(key))
+        self.class_names = data.get("class_names")
         logger.info(f"Loaded checkpoint {path}")
         return data
 
-    def resume_or_load(self, weights: str, resume: bool) -> Dict[str, Any]:
+    def resume_or_load(self, weights: str, resume: bool, require_class_layers: bool = False) -> Dict[str, Any]:
         """With ``resume`` and a checkpoint in ``save_dir``: restore everything from it. Otherwise load
         model weights only from ``weights`` (path, URL or scheme, see ``detres.modeling.weight_import``)
-        when it is non-empty. Returns the checkpoint's extra entries (empty when not resuming)."""
+        when it is non-empty; ``require_class_layers`` (evaluation) makes weights whose class layers
+        do not fit the model a ``ConfigError``. Returns the checkpoint's extra entries (empty when not
+        resuming); ``self.class_names`` becomes the class names the loaded file records (or ``None``)."""
         if resume:
             path = self.get_checkpoint_file()
             if path is not None:
@@ -109,6 +136,6 @@ class Checkpointer:
         if weights:
             from detres.modeling.weight_import import load_weights
 
-            report = load_weights(self.model, weights)
-            logger.info(f"Initialised the model from {weights}: {report}")
+            # load_weights logs what it loaded and what did not fit, once
+            self.class_names = load_weights(self.model, weights, require_class_layers=require_class_layers).class_names
         return {}

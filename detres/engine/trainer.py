@@ -33,6 +33,7 @@ from detres.engine.checkpoint import Checkpointer, unwrap_model
 from detres.engine.solver import build_lr_scheduler, build_optimizer
 from detres.engine.writers import CommonMetricPrinter, JSONWriter, TensorboardWriter
 from detres.evaluation.build import build_evaluator
+from detres.evaluation.classes import check_classes, dataset_class_names
 from detres.evaluation.evaluator import inference_on_dataset
 from detres.modeling.meta_arch.build import build_model, resolve_device
 from detres.utils import comm
@@ -99,7 +100,10 @@ class Trainer:
     @classmethod
     def build_model(cls, cfg) -> nn.Module:
         model = build_model(cfg)
-        logger.info("Model:\n%s", model)
+        params = sum(p.numel() for p in model.parameters())
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        logger.info(f"Model: {type(model).__name__}, {params / 1e6:.2f} M parameters ({trainable / 1e6:.2f} M trained)")
+        logger.debug("Model structure:\n%s", model)
         return model
 
     @classmethod
@@ -115,12 +119,17 @@ class Trainer:
         return build_evaluator(cfg, dataset_name, os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name))
 
     @classmethod
-    def test(cls, cfg, model: nn.Module) -> "OrderedDict[str, dict]":
-        """Evaluate ``model`` (unwrapped) on every dataset of ``DATASETS.TEST``; results on the main process."""
+    def test(cls, cfg, model: nn.Module, class_names: Optional[List[str]] = None) -> "OrderedDict[str, dict]":
+        """Evaluate ``model`` (unwrapped) on every dataset of ``DATASETS.TEST``; results on the main process.
+
+        Each dataset's classes are checked against the model's first (``check_classes``: another
+        number of classes is a ``ConfigError``); ``class_names`` are those its checkpoint records.
+        """
         model = unwrap_model(model)
         results: "OrderedDict[str, dict]" = OrderedDict()
         for name in cfg.DATASETS.TEST:
-            loader = cls.build_test_loader(cfg, name)
+            loader = cls.build_test_loader(cfg, name)  # loads the records: lazily known class names are known now
+            check_classes(cfg, name, class_names)
             results[name] = inference_on_dataset(model, loader, cls.build_evaluator(cfg, name)) or {}
         return results
 
@@ -169,9 +178,13 @@ class Trainer:
         logger.info(f"Resuming after {self.start_iter} completed iterations")
 
     def save_checkpoint(self, name: str) -> Optional[str]:
-        """Save the full training state after ``self.iter + 1`` completed iterations (collective call)."""
+        """Save the full training state after ``self.iter + 1`` completed iterations (collective call),
+        with the training datasets' class names (``class_names``) when their metadata has them."""
         rng_states = comm.all_gather(capture_rng_state())
-        return self.checkpointer.save(name, iteration=self.iter + 1, rng_states=rng_states, seed=int(self.cfg.SEED))
+        names = dataset_class_names(self.cfg.DATASETS.TRAIN)
+        extra = {"class_names": names} if names is not None else {}
+        return self.checkpointer.save(name, iteration=self.iter + 1, rng_states=rng_states, seed=int(self.cfg.SEED),
+                                      **extra)
 
     # ------------------------------------------------------------------ loop
     def train(self) -> None:

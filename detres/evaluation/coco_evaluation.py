@@ -9,8 +9,8 @@ percent (NaN where a size range has no ground truth). ``evaluate_coco`` evaluate
 list on its own (``tools/evaluate.py``).
 
 With ``TEST.VIS_IMAGES = n`` the first ``n`` images of the main process become ground truth vs
-detection pictures put into the active ``EventStorage`` (TensorBoard), when there is one, and written
-to ``output_dir/pictures/``.
+detection pictures, drawn on the original image file (``file_name`` of the model input), put into
+the active ``EventStorage`` (TensorBoard), when there is one, and written to ``output_dir/pictures/``.
 """
 from __future__ import annotations
 
@@ -124,7 +124,6 @@ class COCOEvaluator:
         self.dataset_name, self.json_file, self.output_dir = dataset_name, meta.json_file, output_dir
         self.class_names = getattr(meta, "thing_classes", None)
         self.vis_images = int(cfg.TEST.VIS_IMAGES) if cfg is not None else 0
-        self.input_format = cfg.INPUT.FORMAT if cfg is not None else "BGR"
         self.reset()
 
     def reset(self) -> None:
@@ -138,9 +137,19 @@ class COCOEvaluator:
             self._predictions.append({"image_id": inp["image_id"], **{
                 k: out[k].detach().cpu().numpy() for k in ("boxes", "scores", "classes")}})
             if len(self._pictures) < self.vis_images and is_main_process():
-                from detres.utils.visualizer import gt_vs_pred_picture
+                self._pictures.append(self._picture(inp, out))
 
-                self._pictures.append(gt_vs_pred_picture(inp, out, self.class_names, self.input_format))
+    def _picture(self, inp: dict, out: dict) -> np.ndarray:
+        """Ground truth vs detections (3, H, 2W + 4) RGB on the original image; the input's ground
+        truth, in the pixels of the resized model input, is scaled back to the original's."""
+        from detres.data.detection.mapper import read_image
+        from detres.utils.visualizer import gt_vs_pred_picture
+
+        image = read_image(inp["file_name"], "BGR")
+        h, w = inp["image"].shape[-2:]
+        scale = np.array([inp["width"] / w, inp["height"] / h] * 2)
+        gt_boxes = inp["gt_boxes"].detach().cpu().numpy().reshape(-1, 4) * scale
+        return gt_vs_pred_picture(image, gt_boxes, inp["gt_classes"].tolist(), out, self.class_names)
 
     def evaluate(self) -> Dict[str, Dict[str, float]]:
         from detres.utils import comm

@@ -1,5 +1,8 @@
 """Logging set-up: the main process logs to stdout and ``<output_dir>/log.txt``; other processes
-only print warnings and errors (prefixed with their rank) so that a multi-process run reads as one log."""
+only print warnings and errors (prefixed with their rank) so that a multi-process run reads as one log.
+
+The console shows INFO and above; ``log.txt`` also keeps DEBUG records (the full config, the
+environment, the model's structure), which ``verbose=True`` prints on the console too."""
 from __future__ import annotations
 
 import logging
@@ -13,12 +16,14 @@ _FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
 _DATEFMT = "%m/%d %H:%M:%S"
 
 
-def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "detres") -> logging.Logger:
+def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "detres",
+                 verbose: bool = False) -> logging.Logger:
     """Configure (idempotently) and return the ``name`` logger.
 
     Args:
-        output_dir: when given, the main process also appends to ``output_dir/log.txt``.
+        output_dir: when given, the main process also appends to ``output_dir/log.txt`` (DEBUG and up).
         rank: this process's global rank; ranks > 0 log WARNING and above to stderr only.
+        verbose: the main process's console shows DEBUG records too (not only INFO and up).
     """
     logger = logging.getLogger(name)
     logger.setLevel(logging.DEBUG)
@@ -29,7 +34,7 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "d
 
     prefix = "" if rank == 0 else f"[rank {rank}] "
     console = logging.StreamHandler(sys.stdout if rank == 0 else sys.stderr)
-    console.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    console.setLevel(logging.WARNING if rank else logging.DEBUG if verbose else logging.INFO)
     console.setFormatter(logging.Formatter(prefix + _FORMAT, datefmt=_DATEFMT))
     logger.addHandler(console)
 

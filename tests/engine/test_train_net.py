@@ -2,16 +2,14 @@
 train, exact resume with data-loader workers, eval-only, and config errors (one line, exit code 2)."""
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
+from detres.data.classification.synthetic import SYNTHETIC_CLASSES
+
 REPO = Path(__file__).resolve().parents[2]
-TRAIN_NET = REPO / "tools" / "train_net.py"
 
 TINY = """\
 MODEL:
@@ -49,13 +47,12 @@ def metrics(out):
     return [json.loads(x) for x in (out / "metrics.json").read_text().splitlines()]
 
 
-def test_train_resume_and_eval_only_through_the_tool(tmp_path, train_net):
+def test_train_resume_and_eval_only_through_the_tool(tmp_path, train_net, run_tool):
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(TINY)
     # the uninterrupted run, as a user starts it
     full = tmp_path / "full"
-    proc = subprocess.run([sys.executable, str(TRAIN_NET), "--config", str(cfg), "OUTPUT_DIR", str(full)],
-                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    proc = run_tool("train_net", "--config", cfg, "OUTPUT_DIR", full, env={"OMP_NUM_THREADS": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iter: 7/8" in (full / "log.txt").read_text()
     for name in ("config.yaml", "run_info.json", "env.txt", "log.txt", "metrics.json", "model_final.pth"):
@@ -66,7 +63,9 @@ def test_train_resume_and_eval_only_through_the_tool(tmp_path, train_net):
     # the same run stopped after 4 iterations, then resumed to 8 (2 loader workers each time)
     part = tmp_path / "part"
     train_net.cli(["--config", str(cfg), "OUTPUT_DIR", str(part), "SOLVER.MAX_ITER", "4"])
-    assert torch.load(part / "model_final.pth", weights_only=True)["iteration"] == 4
+    saved = torch.load(part / "model_final.pth", weights_only=True)
+    assert saved["iteration"] == 4
+    assert saved["class_names"] == list(SYNTHETIC_CLASSES)  # the training dataset's, for evaluation and demo
     train_net.cli(["--config", str(cfg), "--resume", "OUTPUT_DIR", str(part)])
     a = torch.load(full / "model_final.pth", weights_only=True)
     b = torch.load(part / "model_final.pth", weights_only=True)
@@ -85,11 +84,42 @@ def test_train_resume_and_eval_only_through_the_tool(tmp_path, train_net):
     assert results["synthetic_cls_val"]["top1_error"] == pytest.approx(evals[-1])
 
 
-def test_config_errors_print_one_line_and_exit_2(tmp_path, train_net, capsys):
+def test_eval_only_refuses_class_mismatches_with_one_line(tmp_path, train_net, capsys):
+    from detres.config import load_config
+    from detres.modeling.meta_arch.build import build_model
+
+    tiny = tmp_path / "tiny.yaml"
+    tiny.write_text(TINY)
+    weights = tmp_path / "six.pth"  # a 6-class model, as a detres checkpoint records it
+    model = build_model(load_config(str(tiny), ["MODEL.CLASSIFIER.NUM_CLASSES", "6"]))
+    torch.save({"model": model.state_dict(), "class_names": list("abcdef"), "iteration": 1}, weights)
+    base = ["--config", str(tiny), "--eval-only", "OUTPUT_DIR", str(tmp_path / "e"), "MODEL.WEIGHTS", str(weights)]
+    for opts, expected in [
+        (["MODEL.CLASSIFIER.NUM_CLASSES", "6"],  # the model fits its weights, not the 10-class dataset
+         ["the model has 6 classes (MODEL.CLASSIFIER.NUM_CLASSES)", "'synthetic_cls_val' has 10",
+          "TEST.ALLOW_CLASS_MISMATCH"]),
+        ([],  # the config fits the dataset, not the weights: the class layer would stay random
+         [f"weights {weights} have 6 classes in backbone.linear but MODEL.CLASSIFIER.NUM_CLASSES is 10",
+          "set MODEL.CLASSIFIER.NUM_CLASSES 6"]),
+    ]:
+        with pytest.raises(SystemExit) as exit_info:
+            train_net.cli(base + opts)
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert err.startswith("config error: ") and all(e in err for e in expected), err
+
+    train_net.cli(base + ["MODEL.CLASSIFIER.NUM_CLASSES", "6", "TEST.ALLOW_CLASS_MISMATCH", "True"])
+    results = json.loads((tmp_path / "e" / "eval_results.json").read_text())
+    assert 0.0 <= results["synthetic_cls_val"]["top1_error"] <= 100.0
+    log = (tmp_path / "e" / "log.txt").read_text()
+    assert "WARNING] the model has 6 classes (MODEL.CLASSIFIER.NUM_CLASSES) but dataset 'synthetic_cls_val' has 10" in log
+    assert "(evaluating anyway: TEST.ALLOW_CLASS_MISMATCH is set)" in log
+
+
+def test_config_errors_print_one_line_and_exit_2(tmp_path, train_net, capsys, run_tool):
     bad = tmp_path / "bad.yaml"
     bad.write_text("SOLVER:\n  BASE_LRR: 0.1\n")
-    proc = subprocess.run([sys.executable, str(TRAIN_NET), "--config", str(bad)],
-                          capture_output=True, text=True, timeout=120)
+    proc = run_tool("train_net", "--config", bad)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr

@@ -4,6 +4,7 @@ import json
 import math
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -128,6 +129,7 @@ def test_vis_images_go_to_the_event_storage(coco128):
     inputs, outputs = _ground_truth_outputs(records[:3])
     for inp, r in zip(inputs, records[:3]):
         inp["image"] = torch.zeros(3, r["height"] // 2, r["width"] // 2, dtype=torch.uint8)
+        inp["file_name"] = r["file_name"]
         inp["gt_boxes"] = torch.zeros(0, 4)
         inp["gt_classes"] = torch.zeros(0, dtype=torch.int64)
     evaluator.process(inputs, outputs)
@@ -135,7 +137,7 @@ def test_vis_images_go_to_the_event_storage(coco128):
         evaluator.evaluate()
     assert [tag for tag, _, _ in storage.images] == [f"{name}/gt_vs_pred_0", f"{name}/gt_vs_pred_1"]
     picture = storage.images[0][1]
-    assert picture.dtype == np.uint8 and picture.shape == (3, records[0]["height"] // 2, 2 * (records[0]["width"] // 2) + 4)
+    assert picture.dtype == np.uint8 and picture.shape == (3, records[0]["height"], 2 * records[0]["width"] + 4)
     assert picture[:, :, picture.shape[2] // 2 + 2:].max() > 0  # the detections are drawn on the right half
 
 
@@ -168,3 +170,38 @@ def test_evaluate_tool_with_a_config_and_dataset_name(tmp_path, capsys, load_too
     assert "thing" in out and "AP-thing" not in out  # per-category rows show the class names
     saved = json.loads((tmp_path / "m.json").read_text())["bbox"]
     assert saved["AP"] == pytest.approx(100 * 51 / 101, abs=1e-6) and saved["AP-thing"] == pytest.approx(saved["AP"])
+
+
+def test_pictures_are_drawn_on_the_original_image(tmp_path):
+    from detres.data.build import build_test_loader
+    from detres.utils.visualizer import class_colour
+
+    cfg = get_cfg()
+    cfg.DATASETS.ROOT = str(tmp_path / "data")
+    cfg.DATASETS.SYNTHETIC_DET.NUM_TRAIN, cfg.DATASETS.SYNTHETIC_DET.NUM_VAL = 1, 3
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 88, 128  # half the original 176 x 256 (or 256 x 176)
+    cfg.TEST.VIS_IMAGES, cfg.TEST.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS = 2, 2, 0
+    loader = build_test_loader(cfg, "synthetic_det_val")
+    records = {r["image_id"]: r for r in DatasetCatalog.get("synthetic_det_val")}
+    evaluator = build_evaluator(cfg, "synthetic_det_val", str(tmp_path / "inference"))
+    seen = []
+    with EventStorage() as storage:
+        for inputs in loader:
+            seen += inputs
+            evaluator.process(inputs, [_ground_truth_outputs([records[x["image_id"]]])[1][0] for x in inputs])
+        metrics = evaluator.evaluate()["bbox"]
+    assert metrics["AP50"] == pytest.approx(100.0)
+    assert len(storage.images) == 2 and storage.images[0][0] == "synthetic_det_val/gt_vs_pred_0"
+    pictures = sorted((tmp_path / "inference" / "pictures").glob("gt_vs_pred_*.jpg"))
+    assert [p.name for p in pictures] == ["gt_vs_pred_0.jpg", "gt_vs_pred_1.jpg"]
+    assert min(seen[0]["image"].shape[1:]) == 88
+    first = records[seen[0]["image_id"]]
+    h, w = first["height"], first["width"]
+    picture = cv2.imread(str(pictures[0]))
+    assert picture.shape == (h, 2 * w + 4, 3) and min(h, w) > 150  # the original size, not the test size
+    for side in (0, w + 4):  # ground truth (rescaled from the model input) and detections, same place
+        for a in first["annotations"]:
+            x1, y1, x2, y2 = (int(round(v)) for v in a["bbox"])
+            column = picture[y1 + 2:y2 - 1, side + min(x1, w - 1)].astype(int)  # the box's left edge
+            matches = (np.abs(column - np.array(class_colour(a["category_id"]))).max(axis=1) < 60).mean()
+            assert matches > 0.5, (side, a)

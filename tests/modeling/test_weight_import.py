@@ -336,3 +336,58 @@ def test_mismatches_are_reported_and_strict_refuses(shared_dir):
     assert any(k.startswith("res4.") for k in report.unexpected) and "linear.weight" in report.unexpected
     text = str(report)
     assert not report.ok and "res4.* (" in text and "77 shape mismatch" in text and "res3.* (44 more tensors)" in text
+
+
+def _tiny_detector(num_classes: int) -> nn.Module:
+    from detres.config import load_config
+    from detres.modeling.meta_arch.build import build_model
+
+    cfg = load_config("configs/detection/Base-RCNN-C4.yaml", [
+        "MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", 18, "MODEL.RESNETS.STEM_OUT_CHANNELS", 16,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS", 16, "MODEL.ROI_HEADS.NUM_CLASSES", num_classes])
+    return build_model(cfg)
+
+
+def test_class_layers_for_another_number_of_classes_are_one_warning_with_the_fix(tmp_path, caplog):
+    from detres.config import ConfigError
+
+    torch.manual_seed(0)
+    path = tmp_path / "model_final.pth"
+    torch.save({"model": _tiny_detector(5).state_dict(), "class_names": list("abcde"), "iteration": 3}, path)
+    target = _tiny_detector(2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    with pytest.raises(ConfigError) as info:  # evaluation: random class layers make the numbers meaningless
+        load_weights(target, path, require_class_layers=True)
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and str(path) in message
+    assert "5 classes (+ background)" in message and "MODEL.ROI_HEADS.NUM_CLASSES is 2" in message
+    assert "set MODEL.ROI_HEADS.NUM_CLASSES 5" in message
+    assert all(torch.equal(before[k], v) for k, v in target.state_dict().items())  # nothing loaded
+
+    with caplog.at_level(logging.DEBUG, logger="detres"):
+        report = load_weights(target, path)
+    assert report.class_names == list("abcde") and not report.ok and report.only_class_layers_differ
+    assert [(m.checkpoint_classes, m.module_classes) for m in report.class_mismatch] == [(5, 2)]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert warnings == [
+        f"weights {path} have 5 classes (+ background) in roi_heads.box_predictor.cls_score, "
+        "roi_heads.box_predictor.bbox_pred but MODEL.ROI_HEADS.NUM_CLASSES is 2: those layers are left as "
+        "initialised; set MODEL.ROI_HEADS.NUM_CLASSES 5 to use them"]
+    details = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(details) == 1 and "4 shape mismatch" in details[0]  # the full report, for log.txt only
+    assert torch.equal(target.state_dict()["backbone.stem.conv1.conv.weight"],
+                       torch.load(path, weights_only=True)["model"]["backbone.stem.conv1.conv.weight"])
+
+
+def test_classifier_layer_mismatch_names_its_key(tmp_path, caplog):
+    target = create_backbone("cifar_resnet20", out_features=["linear"])  # 10 classes
+    state = target.state_dict()
+    state["linear.weight"], state["linear.bias"] = torch.zeros(100, state["linear.weight"].shape[1]), torch.zeros(100)
+    path = tmp_path / "cifar100.pth"
+    torch.save({"model": state}, path)
+    with caplog.at_level(logging.WARNING, logger="detres"):
+        report = load_weights(target, path)
+    assert report.class_names is None and report.loaded == len(state) - 2
+    assert [r.getMessage() for r in caplog.records] == [
+        f"weights {path} have 100 classes in linear but MODEL.CLASSIFIER.NUM_CLASSES is 10: those layers are left "
+        "as initialised; set MODEL.CLASSIFIER.NUM_CLASSES 100 to use them"]

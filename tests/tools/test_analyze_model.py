@@ -1,8 +1,5 @@
 """Complexity analysis: the paper's FLOP / parameter table, the counting conventions and the CLI."""
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -66,16 +63,9 @@ def test_analyze_config(tmp_path):
     assert result["gflops"] == pytest.approx(0.125, rel=0.01)
 
 
-def _run_tool(*args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO_ROOT), OMP_NUM_THREADS="2")
-    return subprocess.run(
-        [sys.executable, str(REPO_ROOT / "tools" / "analyze_model.py"), *args],
-        capture_output=True, text=True, env=env, cwd=REPO_ROOT, timeout=120,
-    )
-
-
-def test_tool_json_and_errors():
-    proc = _run_tool("--backbone", "cifar_resnet20", "--json")
+def test_tool_json_and_errors(run_tool):
+    proc = run_tool("analyze_model", "--backbone", "cifar_resnet20", "--json",
+                    env={"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "2"}, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
     result = json.loads(proc.stdout)
     assert result["model"] == "cifar_resnet20" and result["input_size"] == 32

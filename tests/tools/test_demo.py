@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from detres.data.detection.mapper import read_image
-from detres.utils.visualizer import class_colour, draw_instances, gt_vs_pred_picture
+from detres.utils.visualizer import class_colour, draw_instances
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -23,19 +23,6 @@ def test_draw_instances_boxes_and_labels():
     assert class_colour(2) != class_colour(3)
     unnamed = draw_instances(image, np.array([[20, 30, 100, 90]]), [7], None, ["a"])  # index beyond the names
     assert (unnamed[60, 20] == np.array(class_colour(7))).all()
-
-
-def test_gt_vs_pred_picture_rescales_detections():
-    inputs = {"image": torch.zeros(3, 50, 100, dtype=torch.uint8), "height": 100, "width": 200,
-              "gt_boxes": torch.tensor([[10.0, 10.0, 40.0, 40.0]]), "gt_classes": torch.tensor([0])}
-    outputs = {"boxes": torch.tensor([[20.0, 20.0, 80.0, 80.0], [0.0, 0.0, 10.0, 10.0]]),
-               "scores": torch.tensor([0.9, 0.1]), "classes": torch.tensor([1, 1])}
-    picture = gt_vs_pred_picture(inputs, outputs, ["x", "y"])
-    assert picture.shape == (3, 50, 204) and picture.dtype == np.uint8
-    right = picture[:, :, 104:].transpose(1, 2, 0)[:, :, ::-1]  # back to BGR
-    colour = np.array(class_colour(1))
-    assert (right[25, 10] == colour).all() and (right[40, 25] == colour).all()  # box halved: [10, 10, 40, 40]
-    assert (right[2, 2] == 0).all()  # the 0.1-score box is not drawn
 
 
 def test_demo_on_the_golden_detector(shared_dir, coco128_dir, tmp_path, capsys, load_tool):
@@ -55,7 +42,8 @@ def test_demo_on_the_golden_detector(shared_dir, coco128_dir, tmp_path, capsys, 
     assert len(lines) == 1 and "detections with score >= 0.5" in lines[0]
 
     cfg = demo.load_config(str(config), opts)
-    model = demo.build_predictor(cfg)
+    model, recorded = demo.build_predictor(cfg)
+    assert recorded is None  # a Detectron2 file records no class names
     output = demo.predict(model, cfg, read_image(str(image_dir / "000000000009.jpg")))
     keep = output["scores"] >= 0.5
     assert int(lines[0].split(": ")[1].split()[0]) == int(keep.sum()) > 0
@@ -77,3 +65,38 @@ def test_demo_reports_bad_input(tmp_path, load_tool):
     (tmp_path / "empty").mkdir()
     with pytest.raises(SystemExit, match="no images"):
         demo.main(["--config", str(config), "--input", str(tmp_path / "empty"), "--output", str(tmp_path)])
+
+
+R18_OPTS = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.STEM_OUT_CHANNELS", "16",
+            "MODEL.RESNETS.RES2_OUT_CHANNELS", "16", "MODEL.RPN.POST_NMS_TOPK_TEST", "16",
+            "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
+
+
+def test_demo_labels_with_the_checkpoint_class_names_without_a_dataset(tmp_path, load_tool, monkeypatch):
+    from detres.engine.checkpoint import Checkpointer
+
+    demo = load_tool("demo")
+    config = str(REPO_ROOT / "configs" / "detection" / "Base-RCNN-C4.yaml")
+    opts = R18_OPTS + ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
+    torch.manual_seed(0)
+    model = demo.build_model(demo.load_config(config, opts))
+    path = Checkpointer(model, str(tmp_path / "run")).save("model_final", iteration=1, class_names=["ant", "bee", "cat"])
+    cv2.imwrite(str(tmp_path / "a.jpg"), np.random.default_rng(0).integers(0, 255, (128, 160, 3), dtype=np.uint8))
+    drawn = []
+    monkeypatch.setattr(demo, "draw_instances", lambda image, boxes, classes, scores, names: drawn.append(names) or image)
+    demo.run(demo.parse_args(["--config", config, "--input", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "out"),
+                              "--confidence", "0", "MODEL.WEIGHTS", path, *opts]))
+    assert drawn == [["ant", "bee", "cat"]]
+
+
+def test_demo_class_names_fall_back_to_the_dataset_then_to_numbers(tmp_path, load_tool):
+    demo = load_tool("demo")
+    cfg = demo.load_config(str(REPO_ROOT / "configs" / "detection" / "Base-RCNN-C4.yaml"),
+                           ["DATASETS.ROOT", str(tmp_path), "DATASETS.TRAIN", "('synthetic_det_train',)",
+                            "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", "6"])
+    shapes = ["circle", "square", "triangle", "ellipse", "cross", "star"]
+    assert demo.class_names(cfg, ["a", "b", "c", "d", "e", "f"]) == ["a", "b", "c", "d", "e", "f"]
+    assert demo.class_names(cfg, ["a", "b"]) == shapes  # recorded names of another count are not used
+    assert demo.class_names(cfg, None) == shapes
+    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
+    assert demo.class_names(cfg, None) is None

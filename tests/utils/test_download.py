@@ -32,12 +32,13 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def server():
-    """A threaded HTTP server on a free port; shut down after the test, or after 60 s at the latest."""
+    """A threaded HTTP server on a free port; shut down after the test, or after 600 s at the latest
+    (a net against hangs, not a time limit on the test)."""
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.files, httpd.requests = {}, []
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
-    watchdog = threading.Timer(60.0, httpd.shutdown)
+    watchdog = threading.Timer(600.0, httpd.shutdown)
     watchdog.daemon = True
     watchdog.start()
     try:

@@ -7,6 +7,21 @@ maps back with the same rule). Crowd boxes stay in the records with ``iscrowd=1`
 passes them separately as ``crowd_boxes``). Boxes that extend outside their image are clipped;
 boxes with zero or negative width/height (after clipping) or non-finite coordinates are dropped;
 both counts are logged and kept in the metadata as ``box_stats``.
+
+``load_coco_api`` (used by training and evaluation alike) checks the file before pycocotools indexes it:
+
+* errors (``DatasetFormatError`` naming the file and the record, e.g. ``annotation id 12
+  (annotations[3])``): a file that is not UTF-8 json (or is truncated) or lacks ``images``,
+  ``annotations`` or ``categories``; a record that is not an object or misses a required field
+  (images: ``id``, ``file_name``, ``height``, ``width``; annotations: ``id``, ``image_id``,
+  ``category_id``, ``bbox``; categories: ``id``, ``name``); ids that are not integers, or repeated
+  within their list; a size that is not a positive integer; a ``bbox`` that is not 4 numbers; an
+  ``iscrowd`` other than 0/1; a ``category_id`` not among the categories. These mean the file is
+  broken or belongs to another dataset, so going on would train on the wrong data.
+* counted skip (one warning with the count and an example): annotations whose ``image_id`` is not
+  among the images: nothing can be learnt from them, and the other records are intact.
+
+A missing ``area`` (which COCO evaluation needs) is filled with the box's ``w * h``.
 """
 from __future__ import annotations
 
@@ -16,10 +31,11 @@ import json
 import logging
 import math
 import os
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pycocotools.coco import COCO
 
+from detres.data.build import DatasetFormatError
 from detres.data.catalog import DatasetCatalog, MetadataCatalog
 
 __all__ = [
@@ -33,18 +49,105 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def load_coco_api(json_file: str) -> COCO:
-    """A pycocotools ``COCO`` object for ``json_file``, with errors that name the file."""
+def _read_json(json_file: str) -> Any:
     if not os.path.isfile(json_file):
         raise FileNotFoundError(f"COCO annotation file not found: {json_file}")
+    with open(json_file, "rb") as f:
+        raw = f.read()
     try:
-        with open(json_file) as f:
-            dataset = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{json_file}: not a valid json file: {e}") from e
+        text = raw.decode("utf-8-sig")  # json is UTF-8; tolerate a byte order mark
+    except UnicodeDecodeError as e:
+        raise DatasetFormatError(
+            f"{json_file}: not a valid json file: not UTF-8 (byte 0x{raw[e.start]:02x} at offset {e.start})"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        ends_early = " (the file ends early: truncated?)" if e.pos >= len(text.rstrip()) else ""
+        raise DatasetFormatError(f"{json_file}: not a valid json file: {e}{ends_early}") from None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_records(json_file: str, section: str, records: Any, fields: Sequence[str]) -> Dict[int, int]:
+    """``{id: index}`` of the list ``section``, after checking each record is an object with ``fields``
+    and a unique integer id."""
+    if not isinstance(records, list):
+        raise DatasetFormatError(f"{json_file}: {section!r} must be a list, got {type(records).__name__}")
+    index_of: Dict[int, int] = {}
+    for index, record in enumerate(records):
+        if not isinstance(record, dict):
+            raise DatasetFormatError(f"{json_file}: {section}[{index}] is not an object: {record!r:.80}")
+        where = f"{json_file}: {section}[{index}] (id {record.get('id')!r})"
+        missing = [k for k in fields if k not in record]
+        if missing:
+            raise DatasetFormatError(f"{where} lacks the required fields {missing}")
+        if not _is_int(record["id"]):
+            raise DatasetFormatError(f"{where}: the id must be an integer")
+        if record["id"] in index_of:
+            raise DatasetFormatError(f"{where}: the id is repeated (first at {section}[{index_of[record['id']]}])")
+        index_of[record["id"]] = index
+    return index_of
+
+
+def _check_image(where: str, image: dict) -> None:
+    if not (_is_int(image["height"]) and _is_int(image["width"]) and image["height"] > 0 and image["width"] > 0):
+        raise DatasetFormatError(f"{where}: height and width must be positive integers, got "
+                                 f"{image['height']!r} and {image['width']!r}")
+    if not isinstance(image["file_name"], str):
+        raise DatasetFormatError(f"{where}: file_name must be a string, got {image['file_name']!r}")
+
+
+def _check_annotation(where: str, ann: dict, category_ids: Dict[int, int]) -> None:
+    bbox = ann["bbox"]
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
+        raise DatasetFormatError(f"{where}: bbox must be 4 numbers [x, y, width, height], got {bbox!r:.80}")
+    if ann.get("iscrowd", 0) not in (0, 1):
+        raise DatasetFormatError(f"{where}: iscrowd must be 0 or 1, got {ann['iscrowd']!r}")
+    if not _is_int(ann["category_id"]) or ann["category_id"] not in category_ids:
+        raise DatasetFormatError(f"{where} of image {ann['image_id']!r} has category_id {ann['category_id']!r}, "
+                                 "which is not among the file's categories")
+
+
+def _check_dataset(json_file: str, dataset: Any) -> None:
+    """Raise ``DatasetFormatError`` for the errors of the module docstring; drop (and count) the
+    annotations of unknown images; fill a missing ``area``."""
+    if not isinstance(dataset, dict):
+        raise DatasetFormatError(f"{json_file}: not a COCO instances file (its top level is a "
+                                 f"{type(dataset).__name__}, not an object)")
     missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
-    if not isinstance(dataset, dict) or missing:
-        raise ValueError(f"{json_file}: not a COCO instances file (missing keys: {missing})")
+    if missing:
+        raise DatasetFormatError(f"{json_file}: not a COCO instances file (missing keys: {missing})")
+    image_ids = _check_records(json_file, "images", dataset["images"], ("id", "file_name", "height", "width"))
+    for image_id, index in image_ids.items():
+        _check_image(f"{json_file}: images[{index}] (id {image_id})", dataset["images"][index])
+    category_ids = _check_records(json_file, "categories", dataset["categories"], ("id", "name"))
+    _check_records(json_file, "annotations", dataset["annotations"], ("id", "image_id", "category_id", "bbox"))
+    orphans = []  # indices of the annotations of unknown images
+    for index, ann in enumerate(dataset["annotations"]):
+        _check_annotation(f"{json_file}: annotations[{index}] (id {ann['id']})", ann, category_ids)
+        ann.setdefault("area", float(ann["bbox"][2] * ann["bbox"][3]))
+        if not _is_int(ann["image_id"]) or ann["image_id"] not in image_ids:
+            orphans.append(index)
+    if orphans:
+        first = dataset["annotations"][orphans[0]]
+        logger.warning("%s: skipped %d annotations whose image_id is not among the images, e.g. annotations[%d] "
+                       "(id %s) with image_id %r", json_file, len(orphans), orphans[0], first["id"], first["image_id"])
+        skip = set(orphans)
+        dataset["annotations"] = [a for i, a in enumerate(dataset["annotations"]) if i not in skip]
+
+
+def load_coco_api(json_file: str) -> COCO:
+    """A pycocotools ``COCO`` object for ``json_file``, checked as the module docstring says; errors
+    name the file and the record."""
+    dataset = _read_json(json_file)
+    _check_dataset(json_file, dataset)
     coco = COCO()
     coco.dataset = dataset
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints progress
@@ -60,12 +163,12 @@ def contiguous_id_map(coco: COCO) -> Tuple[Dict[int, int], List[str]]:
 
 
 def sanitize_box(xywh: Sequence[float], width: int, height: int) -> Tuple[Optional[List[float]], str]:
-    """Clip a COCO ``[x, y, w, h]`` box to the image; returns ``(xyxy or None, status)``.
+    """Clip a COCO ``[x, y, w, h]`` box (4 numbers) to the image; returns ``(xyxy or None, status)``.
 
     status is "ok", "clipped" (it extended outside the image) or "dropped" (non-finite, or zero or
     negative width/height after clipping, e.g. entirely outside the image).
     """
-    if len(xywh) != 4 or not all(math.isfinite(float(v)) for v in xywh):
+    if not all(math.isfinite(float(v)) for v in xywh):
         return None, "dropped"
     x, y, w, h = (float(v) for v in xywh)
     box = [x, y, x + w, y + h]
@@ -91,11 +194,6 @@ def load_coco_json(json_file: str, image_root: str, dataset_name: Optional[str] 
         width, height = int(info["width"]), int(info["height"])
         annotations = []
         for ann in coco.imgToAnns.get(image_id, []):
-            if ann["category_id"] not in id_map:
-                raise ValueError(
-                    f"{json_file}: annotation {ann.get('id')} of image {image_id} has category_id "
-                    f"{ann['category_id']}, which is not among the file's categories"
-                )
             box, status = sanitize_box(ann["bbox"], width, height)
             if status != "ok":
                 stats[status] += 1

@@ -10,19 +10,24 @@ Output, per image (XYXY boxes in the pixels of the resized, possibly flipped ima
 """
 from __future__ import annotations
 
+import logging
 import os
-from typing import Optional
+from typing import Optional, Set
 
 import cv2
 import numpy as np
 import torch
 
+from detres.data.build import DatasetError, DatasetFormatError
 from detres.data.detection.transforms import DetectionAugmentation
 
 __all__ = ["ImageReadError", "read_image", "DetectionDatasetMapper"]
 
+logger = logging.getLogger(__name__)
+_WARNED_TRUNCATED: Set[str] = set()  # files already reported by this process
 
-class ImageReadError(OSError):
+
+class ImageReadError(DatasetError, OSError):
     """An image file that is missing or cannot be decoded."""
 
 
@@ -35,7 +40,20 @@ def read_image(path: str, image_format: str = "BGR") -> np.ndarray:
     image = cv2.imread(path, cv2.IMREAD_COLOR)
     if image is None:
         raise ImageReadError(f"cannot decode image (corrupt or not an image file): {path}")
+    if path not in _WARNED_TRUNCATED and _is_truncated_jpeg(path):
+        _WARNED_TRUNCATED.add(path)
+        logger.warning("%s: truncated JPEG (Premature end of JPEG file); decoded what is there", path)
     return image[:, :, ::-1].copy() if image_format == "RGB" else image
+
+
+def _is_truncated_jpeg(path: str) -> bool:
+    """A JPEG (starts with the SOI marker FF D8) whose end lacks the EOI marker FF D9; libjpeg decodes
+    such a file up to where it stops, filling the rest grey, and only prints a note to stderr."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":
+            return False
+        f.seek(max(os.path.getsize(path) - 64, 0))
+        return not f.read().rstrip(b"\x00\r\n ").endswith(b"\xff\xd9")  # padding after EOI is harmless
 
 
 class DetectionDatasetMapper:
@@ -53,7 +71,7 @@ class DetectionDatasetMapper:
         image = read_image(record["file_name"], self.image_format)
         h, w = image.shape[:2]
         if (h, w) != (record["height"], record["width"]):
-            raise ValueError(
+            raise DatasetFormatError(
                 f"{record['file_name']}: image is {h}x{w} (HxW) but its annotations say "
                 f"{record['height']}x{record['width']}; the annotation file does not match the images"
             )

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import logging
 import re
+import zipfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple, Union
+from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -14,10 +15,38 @@ from torch import nn
 from detres.modeling.weight_import.converters import read_checkpoint
 from detres.modeling.weight_import.sources import resolve
 
-__all__ = ["LoadReport", "align_names", "load_state_dict_any", "load_weights"]
+__all__ = ["ClassLayerMismatch", "LoadReport", "align_names", "load_state_dict_any", "load_weights"]
 
 logger = logging.getLogger(__name__)
 _COUNTER = "num_batches_tracked"  # BatchNorm's step counter: not a weight, never reported
+# Class-dependent layers: (name pattern, outputs per class, extra outputs (background), config key of the count)
+_CLASS_LAYERS = (
+    (re.compile(r"(^|\.)box_predictor\.cls_score\.(weight|bias)$"), 1, 1, "MODEL.ROI_HEADS.NUM_CLASSES"),
+    (re.compile(r"(^|\.)box_predictor\.bbox_pred\.(weight|bias)$"), 4, 0, "MODEL.ROI_HEADS.NUM_CLASSES"),
+    (re.compile(r"(^|\.)linear\.(weight|bias)$"), 1, 0, "MODEL.CLASSIFIER.NUM_CLASSES"),
+)
+
+
+@dataclass
+class ClassLayerMismatch:
+    """Class-dependent layers (box predictor, classifier) whose checkpoint shapes are those of another
+    number of classes; ``str()`` reads "80 classes (+ background) in roi_heads.box_predictor.cls_score,
+    ... but MODEL.ROI_HEADS.NUM_CLASSES is 6"."""
+
+    layers: List[str]  # module names without .weight / .bias
+    checkpoint_classes: int
+    module_classes: int
+    key: str  # the config key of the module's number of classes
+    background: bool
+
+    def __str__(self) -> str:
+        extra = " (+ background)" if self.background else ""
+        return (f"{self.checkpoint_classes} classes{extra} in {', '.join(self.layers)} but {self.key} is "
+                f"{self.module_classes}")
+
+    @property
+    def fix(self) -> str:
+        return f"set {self.key} {self.checkpoint_classes}"
 
 
 @dataclass
@@ -27,7 +56,9 @@ class LoadReport:
     ``missing``: module entries the checkpoint does not provide (left as initialised);
     ``unexpected``: checkpoint entries (detres names) the module has no place for;
     ``shape_mismatch``: ``(module name, checkpoint shape, module shape)``, not loaded;
-    ``ambiguous``: checkpoint entries that match several module entries, not loaded.
+    ``ambiguous``: checkpoint entries that match several module entries, not loaded;
+    ``class_mismatch``: the shape mismatches that are class layers for another number of classes;
+    ``class_names``: the class names a detres checkpoint records (``None`` for other files).
     """
 
     source: str
@@ -39,11 +70,20 @@ class LoadReport:
     unexpected: List[str] = field(default_factory=list)
     shape_mismatch: List[Tuple[str, Tuple[int, ...], Tuple[int, ...]]] = field(default_factory=list)
     ambiguous: List[str] = field(default_factory=list)
+    class_mismatch: List[ClassLayerMismatch] = field(default_factory=list)
+    class_names: Optional[List[str]] = None
 
     @property
     def ok(self) -> bool:
         """True when every module entry was loaded and every checkpoint entry was used."""
         return not (self.missing or self.unexpected or self.shape_mismatch or self.ambiguous)
+
+    @property
+    def only_class_layers_differ(self) -> bool:
+        """True when the only problems are class layers for another number of classes (fine-tuning)."""
+        in_class_layers = {f"{layer}." for m in self.class_mismatch for layer in m.layers}
+        return not (self.missing or self.unexpected or self.ambiguous) and all(
+            n.startswith(tuple(in_class_layers)) for n, _, _ in self.shape_mismatch)
 
     def __str__(self) -> str:
         origin = self.source if self.source == self.path else f"{self.source} ({self.path})"
@@ -136,12 +176,47 @@ def load_state_dict_any(spec: Union[str, Path], progress: bool = True) -> Dict[s
     return read_checkpoint(resolve(spec, progress=progress))[1]
 
 
-def load_weights(module: nn.Module, spec: Union[str, Path], strict: bool = False, progress: bool = True) -> LoadReport:
+def _class_layer_mismatches(shape_mismatch: Sequence[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]
+                            ) -> List[ClassLayerMismatch]:
+    """The entries of ``shape_mismatch`` that are class layers differing only in their number of
+    outputs, grouped per config key (the first matching layer, e.g. ``cls_score``, gives the counts)."""
+    found: Dict[str, ClassLayerMismatch] = {}
+    for name, ckpt_shape, own_shape in shape_mismatch:
+        for pattern, per_class, extra, key in _CLASS_LAYERS:
+            if not pattern.search(name) or tuple(ckpt_shape[1:]) != tuple(own_shape[1:]):
+                continue
+            layer = name.rsplit(".", 1)[0]
+            if key not in found:
+                found[key] = ClassLayerMismatch([], (ckpt_shape[0] - extra) // per_class,
+                                                (own_shape[0] - extra) // per_class, key, extra > 0)
+            if layer not in found[key].layers:
+                found[key].layers.append(layer)
+    return list(found.values())
+
+
+def _recorded_class_names(path: Path) -> Optional[List[str]]:
+    """The ``class_names`` a detres checkpoint (a torch zip file) records; read memory-mapped, so the
+    tensors are not read again."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # not a torch file after all: it has no class names for us
+        return None
+    names = data.get("class_names") if isinstance(data, dict) else None
+    return [str(n) for n in names] if isinstance(names, (list, tuple)) else None
+
+
+def load_weights(module: nn.Module, spec: Union[str, Path], strict: bool = False, progress: bool = True,
+                 require_class_layers: bool = False) -> LoadReport:
     """Load the weights named by ``spec`` into ``module`` (format detected, names converted).
 
     ``strict=True`` raises ``RuntimeError`` with the report (and leaves ``module`` untouched) when
     anything is missing, unexpected, ambiguous or of the wrong shape; otherwise the matching
-    tensors are loaded and the problems are logged as a warning.
+    tensors are loaded and the problems are logged: class layers for another number of classes as
+    one warning line with the fix, the detailed report as a warning (at DEBUG level when only class
+    layers differ, the usual fine-tuning case). ``require_class_layers=True`` (evaluation) raises
+    :class:`~detres.config.ConfigError` instead of leaving class layers as initialised.
     """
     path = resolve(spec, progress=progress)
     fmt, ckpt = read_checkpoint(path)
@@ -161,11 +236,24 @@ def load_weights(module: nn.Module, spec: Union[str, Path], strict: bool = False
     report.loaded = len(to_load)
     report.missing = [k for k in own if k not in mapping and not k.endswith(_COUNTER)]
     report.unexpected = [k for k in ckpt if k not in used and k not in ambiguous]
+    report.class_mismatch = _class_layer_mismatches(report.shape_mismatch)
+    report.class_names = _recorded_class_names(Path(path))
     if strict and not report.ok:
         raise RuntimeError(f"strict loading failed:\n{report}")
+    if require_class_layers and report.class_mismatch:
+        from detres.config import ConfigError
+
+        m = report.class_mismatch[0]
+        raise ConfigError(f"weights {spec} have {m}: those layers would stay randomly initialised, which makes "
+                          f"the evaluation meaningless; {m.fix} (or TEST.ALLOW_CLASS_MISMATCH True)")
     module.load_state_dict(to_load, strict=False)
     _warn_style(module, fmt, to_load)
-    (logger.info if report.ok else logger.warning)("%s", report)
+    for m in report.class_mismatch:
+        logger.warning("weights %s have %s: those layers are left as initialised; %s to use them", spec, m, m.fix)
+    if report.ok:
+        logger.info("%s", report)
+    else:
+        (logger.debug if report.only_class_layers_differ else logger.warning)("%s", report)
     return report
 
 
