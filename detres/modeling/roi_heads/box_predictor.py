@@ -2,7 +2,7 @@
 and the per-image inference (score threshold, per-class NMS, top detections)."""
 from __future__ import annotations
 
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -118,29 +118,38 @@ class BoxPredictor(nn.Module):
         Returns per image ``{"boxes": (D, 4), "scores": (D,), "classes": (D,) int64}``, boxes clipped to
         ``image_sizes`` (the network input), best first, ``D <= detections_per_image``.
         """
+        boxes, probs = self.boxes_and_probs(predictions, proposal_boxes)
+        return [self.select(b, p, size) for b, p, size in zip(boxes, probs, image_sizes)]
+
+    def boxes_and_probs(
+        self, predictions: Tuple[torch.Tensor, torch.Tensor], proposal_boxes: List[torch.Tensor]
+    ) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+        """Per image: the regressed boxes ``(R_i, K, 4)`` of each proposal for each class (the same box
+        K times with ``cls_agnostic_bbox_reg``), in input pixels, unclipped, and the class
+        probabilities ``(R_i, K + 1)`` (background last), float32."""
         scores, deltas = predictions
         boxes = self.box_coder.decode(deltas, torch.cat(proposal_boxes))
+        boxes = boxes.reshape(len(boxes), -1, 4).expand(-1, self.num_classes, 4)
         probs = F.softmax(scores.float(), dim=-1)
         counts = [len(b) for b in proposal_boxes]
-        return [
-            self._inference_single_image(b, p, size)
-            for b, p, size in zip(boxes.split(counts), probs.split(counts), image_sizes)
-        ]
+        return list(boxes.split(counts)), list(probs.split(counts))
 
-    def _inference_single_image(
-        self, boxes: torch.Tensor, probs: torch.Tensor, image_size: Tuple[int, int]
+    def select(
+        self, boxes: torch.Tensor, probs: torch.Tensor, image_size: Tuple[int, int], nms_thresh: Optional[float] = None
     ) -> Dict[str, torch.Tensor]:
-        finite = torch.isfinite(boxes).all(dim=1) & torch.isfinite(probs).all(dim=1)
+        """One image's detections from per-class boxes ``(R, K, 4)`` and probabilities ``(R, K + 1)``:
+        boxes clipped to ``image_size``, (region, class) pairs scoring above ``score_thresh``, per-class
+        NMS at ``nms_thresh`` (default: the predictor's), the best ``detections_per_image``.
+        Returns ``{"boxes": (D, 4), "scores": (D,), "classes": (D,) int64}``, best first."""
+        finite = torch.isfinite(boxes).all(dim=2).all(dim=1) & torch.isfinite(probs).all(dim=1)
         if not finite.all():
             boxes, probs = boxes[finite], probs[finite]
         probs = probs[:, :-1]  # drop background
-        num_reg = boxes.shape[1] // 4
-        boxes = clip_boxes(boxes.reshape(-1, num_reg, 4), image_size)
+        boxes = clip_boxes(boxes, image_size)
         keep_mask = probs > self.score_thresh  # (R, K)
         region_class = keep_mask.nonzero()  # (D, 2): region, class
-        boxes = boxes[keep_mask] if num_reg > 1 else boxes[region_class[:, 0], 0]
-        probs = probs[keep_mask]
-        keep = batched_nms(boxes, probs, region_class[:, 1], self.nms_thresh)
+        boxes, probs = boxes[keep_mask], probs[keep_mask]
+        keep = batched_nms(boxes, probs, region_class[:, 1], self.nms_thresh if nms_thresh is None else nms_thresh)
         if self.detections_per_image >= 0:
             keep = keep[: self.detections_per_image]
         return {"boxes": boxes[keep], "scores": probs[keep], "classes": region_class[keep, 1]}

@@ -6,7 +6,7 @@ Bottlenecks (``8 * RES2_OUT_CHANNELS`` out); its first block has stride 2 (14x14
 """
 from __future__ import annotations
 
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -21,7 +21,10 @@ from detres.modeling.roi_heads.build import ROI_HEADS_REGISTRY
 from detres.modeling.sampler import BalancedSampler
 from detres.utils.events import get_event_storage
 
-__all__ = ["Res5ROIHeads"]
+__all__ = ["RegionFeatures", "Res5ROIHeads"]
+
+# Box lists (R_i, 4) per image, in network-input pixels -> the box predictor's inputs (sum R_i, C)
+RegionFeatures = Callable[[List[torch.Tensor]], torch.Tensor]
 
 
 @ROI_HEADS_REGISTRY.register()
@@ -33,6 +36,10 @@ class Res5ROIHeads(nn.Module):
     per image with at most ``POSITIVE_FRACTION`` foreground; returns ``([], {"loss_cls", "loss_box_reg"})``.
     Inference: returns per-image ``{"boxes", "scores", "classes"}`` in input-image pixels and ``{}``.
     All images' regions go through the pooler and res5 as one batch.
+
+    Region features come from one function per batch (:meth:`region_features_fn`: pool on the res4
+    map, res5, average pool, then :meth:`predictor_inputs`), so test-time extras can pool again
+    (box refinement) or from other maps (multi-scale testing) through :meth:`inference`.
     """
 
     def __init__(self, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -65,22 +72,48 @@ class Res5ROIHeads(nn.Module):
         proposals: List[Dict[str, torch.Tensor]],
         targets: Optional[List[Dict[str, torch.Tensor]]] = None,
     ) -> Tuple[List[Dict[str, torch.Tensor]], Dict[str, torch.Tensor]]:
-        if self.training:
-            if targets is None:
-                raise ValueError("Res5ROIHeads in training mode needs targets ('gt_boxes', 'gt_classes')")
-            boxes, gt_classes, gt_boxes = self.label_and_sample_proposals(proposals, targets)
-        else:
-            boxes = [p["boxes"] for p in proposals]
-        predictions = self.box_predictor(self.box_features(features[self.in_feature], boxes))
-        if self.training:
-            boxes, gt_classes, gt_boxes = torch.cat(boxes), torch.cat(gt_classes), torch.cat(gt_boxes)
-            losses = self.box_predictor.losses(predictions, boxes, gt_classes, gt_boxes)
-            return [], losses
-        return self.box_predictor.inference(predictions, boxes, image_sizes), {}
+        region_features = self.region_features_fn(features, image_sizes)
+        if not self.training:
+            return self.inference(region_features, [p["boxes"] for p in proposals], image_sizes), {}
+        if targets is None:
+            raise ValueError("Res5ROIHeads in training mode needs targets ('gt_boxes', 'gt_classes')")
+        boxes, gt_classes, gt_boxes = self.label_and_sample_proposals(proposals, targets)
+        predictions = self.box_predictor(region_features(boxes))
+        boxes, gt_classes, gt_boxes = torch.cat(boxes), torch.cat(gt_classes), torch.cat(gt_boxes)
+        return [], self.box_predictor.losses(predictions, boxes, gt_classes, gt_boxes)
 
+    # ------------------------------------------------------------------ region features
     def box_features(self, feature: torch.Tensor, boxes: List[torch.Tensor]) -> torch.Tensor:
-        """``(N, C, H, W)`` and N box lists -> ``(sum R_i, C5)``: pooled, res5, global average pool."""
+        """``(N, C, H, W)`` and N box lists ``(R_i, 4)`` in that map's input pixels -> ``(sum R_i, C5)``:
+        pooled, res5, global average pool. Test-time extras (e.g. multi-scale testing) call it per scale."""
         return self.res5(self.pooler(feature, boxes)).mean(dim=(2, 3))
+
+    def predictor_inputs(self, region_features: torch.Tensor, feature: torch.Tensor,
+                         image_sizes: Sequence[Tuple[int, int]], counts: Sequence[int]) -> torch.Tensor:
+        """The box predictor's input for ``(sum R_i, C5)`` region features of the images' ``counts``
+        regions each, ``feature`` being the image-level map (``(N, C, H, W)``) they came from."""
+        return region_features
+
+    def region_features_fn(self, features: Dict[str, torch.Tensor],
+                           image_sizes: Sequence[Tuple[int, int]]) -> RegionFeatures:
+        """The function mapping box lists (``(R_i, 4)`` per image, input pixels) to predictor inputs
+        ``(sum R_i, C)`` for this batch: what training, inference and box refinement pool with."""
+        feature = features[self.in_feature]
+
+        def region_features(boxes: List[torch.Tensor]) -> torch.Tensor:
+            pooled = self.box_features(feature, boxes)
+            return self.predictor_inputs(pooled, feature, image_sizes, [len(b) for b in boxes])
+
+        return region_features
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def inference(self, region_features: RegionFeatures, proposals: List[torch.Tensor],
+                  image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, torch.Tensor]]:
+        """Per-image detections ``{"boxes" (D, 4), "scores" (D,), "classes" (D,)}`` (input pixels) for
+        proposal boxes ``(R_i, 4)``, their features given by ``region_features``."""
+        predictions = self.box_predictor(region_features(proposals))
+        return self.box_predictor.inference(predictions, proposals, image_sizes)
 
     @torch.no_grad()
     def label_and_sample_proposals(
