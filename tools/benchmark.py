@@ -4,6 +4,8 @@
     python tools/benchmark.py --config configs/quickstart.yaml
     python tools/benchmark.py --config configs/detection/faster_rcnn_R_50_C4_1x.yaml --images 4 \
         MODEL.WEIGHTS "" DATASETS.TEST '("synthetic_det_val",)' INPUT.MIN_SIZE_TEST 800
+    python tools/benchmark.py --config configs/quickstart.yaml --extras MODEL.WEIGHTS model_final.pth \
+        TEST.MULTI_SCALE.SIZES "(53, 107, 160, 213, 267)"
 
 Both models see the same images: the first ``--images`` of the config's first test dataset, resized
 by detres's test-time mapper (so torchvision's own resize is set to the same sizes and is a no-op).
@@ -15,6 +17,10 @@ and ``--autocast bf16`` measure on a GPU in bfloat16. torchvision's model is ran
 statistics computed on the benchmark images (``calibrate_norm_statistics``) so that their RPNs
 propose a realistic number of regions, and training steps use lr 0 so that they cannot diverge
 while they are timed.
+
+``--extras`` times instead the test-time extras of the paper's COCO system on the same detres model
+and images, each alone and all together (box refinement, multi-scale testing with the config's
+``TEST.MULTI_SCALE`` pyramid, flip), next to the plain model: seconds per image and the ratio to plain.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ import torchvision  # noqa: E402
 from detres.config import ConfigError, load_config  # noqa: E402
 from detres.data.build import build_test_loader, register_from_config  # noqa: E402
 from detres.modeling.meta_arch.build import build_model  # noqa: E402
+from detres.modeling.test_time import build_test_time_model  # noqa: E402
 from detres.modeling.weight_import import load_weights  # noqa: E402
 
 
@@ -157,6 +164,38 @@ def benchmark(cfg, args) -> Dict[str, Dict[str, float]]:
     return results
 
 
+EXTRAS = {
+    "+ box refinement": ["MODEL.ROI_HEADS.BOX_REFINEMENT.ENABLED", "True"],
+    "+ multi-scale testing": ["TEST.MULTI_SCALE.ENABLED", "True"],
+    "+ flip testing": ["TEST.FLIP", "True"],
+}
+
+
+def benchmark_extras(cfg, args) -> Dict[str, Dict[str, float]]:
+    """Inference s/image of the plain detector and with each test-time extra (and all of them), same
+    weights and images; ``ratio`` is the time relative to the plain detector."""
+    inputs = load_inputs(cfg, args.images)
+    base = build_model(cfg).to(args.device)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(base, cfg.MODEL.WEIGHTS)
+    else:
+        calibrate_norm_statistics(base, (inputs,))
+    rows = {"plain": [], **EXTRAS, "all of them": [o for opts in EXTRAS.values() for o in opts]}
+    results = {}
+    for name, opts in rows.items():
+        row_cfg = cfg.clone()
+        row_cfg.defrost()
+        row_cfg.merge_from_list(opts)
+        model = build_model(row_cfg).to(args.device)
+        model.load_state_dict(base.state_dict())
+        detector = build_test_time_model(row_cfg, model.eval())
+        with torch.inference_mode():
+            seconds = median_seconds(lambda: [detector([x]) for x in inputs], args.warmup, args.repeats,
+                                     lambda: None) / len(inputs)
+        results[name] = {"s/image": seconds, "ratio": seconds / results["plain"]["s/image"] if results else 1.0}
+    return results
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", dest="config_file", required=True, help="detres detection config")
@@ -169,6 +208,8 @@ def main(argv=None) -> None:
                         help="run both models under torch.autocast with this dtype (default: fp32)")
     parser.add_argument("--skip-training", action="store_true", help="time inference only")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--extras", action="store_true",
+                        help="time the paper's test-time extras (refinement, multi-scale, flip) against the plain model")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.threads:
@@ -186,14 +227,17 @@ def main(argv=None) -> None:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     torch.manual_seed(0)
-    results = benchmark(cfg, args)
+    results = benchmark_extras(cfg, args) if args.extras else benchmark(cfg, args)
     if args.json:
         print(json.dumps(results, indent=2))
-        return
-    print(f"{'':20s} {'detres':>10s} {'torchvision R50-FPN':>20s} {'torchvision / detres':>21s}")
-    for name, r in results.items():
-        print(f"{name:20s} {r['detres']:10.4f} {r['torchvision_fasterrcnn_resnet50_fpn']:20.4f} {r['ratio']:20.2f}x")
-
+    elif args.extras:
+        print(f"{'inference':24s} {'s/image':>10s} {'/ plain':>8s}")
+        for name, r in results.items():
+            print(f"{name:24s} {r['s/image']:10.4f} {r['ratio']:7.2f}x")
+    else:
+        print(f"{'':20s} {'detres':>10s} {'torchvision R50-FPN':>20s} {'torchvision / detres':>21s}")
+        for name, r in results.items():
+            print(f"{name:20s} {r['detres']:10.4f} {r['torchvision_fasterrcnn_resnet50_fpn']:20.4f} {r['ratio']:20.2f}x")
 
 if __name__ == "__main__":
     main()

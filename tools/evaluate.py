@@ -1,14 +1,23 @@
 #!/usr/bin/env python
-"""COCO bbox evaluation of a saved results file (pycocotools COCOeval), without running a model.
+"""Evaluate saved detection results without running a model: COCO (pycocotools COCOeval, bbox) or
+PASCAL VOC (the devkit's conventions, ``detres.evaluation.voc_evaluation``).
 
     python tools/evaluate.py --dataset-json annotations/instances_val2017.json --results coco_instances_results.json
-    python tools/evaluate.py --config X.yaml --dataset coco_2017_val --results results.json [KEY VALUE ...]
+    python tools/evaluate.py --voc-root VOCdevkit/VOC2007 --image-set test --results DIR [--metric area]
+    python tools/evaluate.py --config X.yaml --dataset NAME --results PATH [KEY VALUE ...]
 
-The results file is the official COCO detection results format (what COCOEvaluator writes as
+COCO: the results file is the official COCO detection results format (what COCOEvaluator writes as
 ``coco_instances_results.json``): a json list of ``{"image_id", "category_id", "bbox": [x, y, w, h],
 "score"}`` with the dataset's own category ids. Prints AP, AP50, AP75, APs, APm, APl, AR1, AR10,
-AR100, ARs, ARm, ARl and per-category AP, in percent, over every ground-truth image (``--subset``:
-only the images that appear in the results).
+AR100, ARs, ARm, ARl and per-category AP, in percent.
+
+VOC: the results are a folder of the devkit's ``comp4_det_<image set>_<class>.txt`` files (what
+VOCEvaluator writes; lines ``<image id> <score> <x1> <y1> <x2> <y2>`` in 1-based pixels); a class
+without a file has AP 0. Prints mAP at IoU 0.5 with the 11-point and the area metric (``--metric``,
+default ``TEST.VOC_METRIC``, comes first), AP over IoU 0.50:0.95, AP75 and per-class AP.
+
+With ``--config`` the kind follows the dataset's ``evaluator_type``. Every ground-truth image is
+evaluated (``--subset``: only the images that appear in the results).
 """
 from __future__ import annotations
 
@@ -25,16 +34,28 @@ from detres.config import ConfigError, load_config  # noqa: E402
 from detres.data.build import register_from_config  # noqa: E402
 from detres.data.catalog import MetadataCatalog  # noqa: E402
 from detres.data.detection.coco import load_coco_api  # noqa: E402
+from detres.data.detection.voc import VOC_CLASSES, load_voc_instances  # noqa: E402
 from detres.evaluation.coco_evaluation import evaluate_coco, format_results_table  # noqa: E402
+from detres.evaluation.voc_evaluation import (  # noqa: E402
+    VOC_METRICS,
+    evaluate_voc,
+    format_voc_table,
+    read_voc_results,
+)
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     gt = parser.add_mutually_exclusive_group(required=True)
     gt.add_argument("--dataset-json", help="COCO instances json of the ground truth")
-    gt.add_argument("--config", help="a detres config; the ground truth is --dataset's json_file")
+    gt.add_argument("--voc-root", help="a VOCdevkit year folder (e.g. VOCdevkit/VOC2007) holding the ground truth")
+    gt.add_argument("--config", help="a detres config; the ground truth is --dataset's")
     parser.add_argument("--dataset", help="registered dataset name (with --config)")
-    parser.add_argument("--results", required=True, help="json list of detections (COCO results format)")
+    parser.add_argument("--image-set", default="test", help="VOC image set, ImageSets/Main/<name>.txt (default: test)")
+    parser.add_argument("--metric", choices=VOC_METRICS,
+                        help="VOC metric listed first (default: TEST.VOC_METRIC of --config, else 11point)")
+    parser.add_argument("--results", required=True,
+                        help="COCO: json list of detections (COCO results format); VOC: folder of comp4 files")
     parser.add_argument("--subset", action="store_true",
                         help="evaluate only on the images that appear in the results (default: every image)")
     parser.add_argument("--output", help="also write the metrics as json to this file")
@@ -44,34 +65,60 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("--config needs --dataset NAME")
     if (args.dataset or args.opts) and not args.config:
         parser.error("--dataset and KEY VALUE overrides need --config")
+    if args.dataset_json and args.metric:
+        parser.error("--metric is for VOC ground truth")
     return args
 
 
-def ground_truth_json(args: argparse.Namespace) -> str:
-    if args.dataset_json:
-        return args.dataset_json
-    cfg = load_config(args.config, args.opts)
-    register_from_config(cfg)
-    json_file = getattr(MetadataCatalog.get(args.dataset), "json_file", None)
-    if not json_file:
-        raise ValueError(f"dataset {args.dataset!r} is not a registered COCO-format dataset (no json_file)")
-    return json_file
-
-
-def run(args: argparse.Namespace) -> dict:
-    coco_gt = load_coco_api(ground_truth_json(args))
+def read_coco_results(path: str) -> list:
     try:
-        with open(args.results) as f:
+        with open(path) as f:
             results = json.load(f)
     except FileNotFoundError:
-        raise ValueError(f"results file not found: {args.results}") from None
+        raise ValueError(f"results file not found: {path}") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{args.results}: not a valid json file: {e}") from None
+        raise ValueError(f"{path}: not a valid json file: {e}") from None
     if not isinstance(results, list):
-        raise ValueError(f"{args.results}: expected a json list of detections, got {type(results).__name__}")
+        raise ValueError(f"{path}: expected a json list of detections, got {type(results).__name__}")
+    return results
+
+
+def run_coco(args: argparse.Namespace, json_file: str) -> dict:
+    coco_gt = load_coco_api(json_file)
+    results = read_coco_results(args.results)
     img_ids = {r["image_id"] for r in results} if args.subset else None
     metrics = evaluate_coco(coco_gt, results, img_ids=img_ids, source=args.results)
     print(format_results_table(metrics))
+    return metrics
+
+
+def run_voc(args: argparse.Namespace, dirname: str, image_set: str, metric: str) -> dict:
+    records = load_voc_instances(dirname, image_set, VOC_CLASSES)
+    detections = read_voc_results(args.results, VOC_CLASSES, image_set)
+    if args.subset:
+        seen = {i for d in detections for i in d.image_ids}
+        records = [r for r in records if r["image_id"] in seen]
+    metrics = evaluate_voc(records, detections, VOC_CLASSES, metric, source=args.results)
+    print(format_voc_table(metrics))
+    return metrics
+
+
+def run(args: argparse.Namespace) -> dict:
+    if args.voc_root:
+        metrics = run_voc(args, args.voc_root, args.image_set, args.metric or VOC_METRICS[0])
+    elif args.dataset_json:
+        metrics = run_coco(args, args.dataset_json)
+    else:
+        cfg = load_config(args.config, args.opts)
+        register_from_config(cfg)
+        meta = MetadataCatalog.get(args.dataset)
+        if getattr(meta, "evaluator_type", None) == "voc":
+            metrics = run_voc(args, meta.dirname, meta.split, args.metric or cfg.TEST.VOC_METRIC)
+        elif getattr(meta, "json_file", None):
+            metrics = run_coco(args, meta.json_file)
+        else:
+            raise ValueError(f"dataset {args.dataset!r} is neither a registered COCO-format dataset (no json_file) "
+                             "nor a VOC dataset")
     if args.output:
         Path(args.output).write_text(json.dumps({"bbox": metrics}, indent=2) + "\n")
     return metrics

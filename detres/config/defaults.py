@@ -120,6 +120,14 @@ _C.MODEL.ROI_HEADS.CROWD_OVERLAP_THRESH = 0.7
 _C.MODEL.ROI_HEADS.SCORE_THRESH_TEST = 0.05
 _C.MODEL.ROI_HEADS.NMS_THRESH_TEST = 0.5
 _C.MODEL.ROI_HEADS.DETECTIONS_PER_IMAGE = 100
+# Box refinement (paper, Appendix B), test time only: each proposal's top-class box is pooled again
+# and predicted anew; NMS at NMS_THRESH on the union of both predictions, then box voting: each kept box
+# becomes the score-weighted mean of the union's same-class boxes (above SCORE_THRESH_TEST) with IoU >=
+# VOTING_IOU_THRESH.
+_C.MODEL.ROI_HEADS.BOX_REFINEMENT = CN()
+_C.MODEL.ROI_HEADS.BOX_REFINEMENT.ENABLED = False
+_C.MODEL.ROI_HEADS.BOX_REFINEMENT.NMS_THRESH = 0.3
+_C.MODEL.ROI_HEADS.BOX_REFINEMENT.VOTING_IOU_THRESH = 0.5
 
 _C.MODEL.ROI_BOX_HEAD = CN()
 # "ROIPool" (the paper), "ROIAlign", "ROIAlignV2" (aligned=True, half-pixel offset).
@@ -131,6 +139,9 @@ _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE = "smooth_l1"
 _C.MODEL.ROI_BOX_HEAD.BBOX_REG_LOSS_WEIGHT = 1.0
 _C.MODEL.ROI_BOX_HEAD.SMOOTH_L1_BETA = 0.0
 _C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
+# Global context (paper, Appendix B): the whole image's res5 feature is concatenated with each region's
+# (the predictor's input width doubles). Changes the weights' shapes: set it as the checkpoint was trained.
+_C.MODEL.ROI_BOX_HEAD.GLOBAL_CONTEXT = False
 
 # ---------------------------------------------------------------------------- input
 _C.INPUT = CN()
@@ -187,6 +198,10 @@ _C.DATASETS.SYNTHETIC_DET.IMAGE_SIZE = (176, 256)
 _C.DATASETS.SYNTHETIC_DET.OBJECTS_PER_IMAGE = (1, 4)
 # Object extent, drawn log-uniformly in [min, max] (and at most 0.9 x the image's shorter side).
 _C.DATASETS.SYNTHETIC_DET.OBJECT_SIZE = (30, 180)
+# PASCAL VOC (voc_2007_*, voc_2012_*, under <ROOT>/VOCdevkit). Objects marked "difficult" are always
+# ignored by the VOC evaluation; the dataset records (what training sees) leave them out unless this is True.
+_C.DATASETS.VOC = CN()
+_C.DATASETS.VOC.KEEP_DIFFICULT = False
 
 _C.DATALOADER = CN()
 _C.DATALOADER.NUM_WORKERS = 2
@@ -233,9 +248,29 @@ _C.TEST.IMS_PER_BATCH = 8
 # scores averaged over MULTI_SCALE_SIZES shorter sides).
 _C.TEST.CLS_MODE = "center"
 _C.TEST.MULTI_SCALE_SIZES = (224, 256, 384, 480, 640)
+# Detection test-time options (detres.modeling.test_time; paper, Appendix B). MULTI_SCALE (a group)
+# is the detector's image pyramid, unrelated to the classification key MULTI_SCALE_SIZES above.
+_C.TEST.MULTI_SCALE = CN()
+_C.TEST.MULTI_SCALE.ENABLED = False
+# Shorter sides of the pyramid; its longer sides are capped at MAX_SIZE (<= 0: no cap; 2000 lets the
+# 1000-pixel level of a 2:1 image keep its shorter side, as in Fast R-CNN's multi-scale test).
+_C.TEST.MULTI_SCALE.SIZES = (200, 400, 600, 800, 1000)
+_C.TEST.MULTI_SCALE.MAX_SIZE = 2000
+# Each region is pooled at the scale where its area is closest to TARGET_SIZE**2 and the next one up
+# (next one down at the top), the two maxout-merged. RPN: proposals from every scale, not the test size only.
+_C.TEST.MULTI_SCALE.TARGET_SIZE = 224
+_C.TEST.MULTI_SCALE.RPN = False
+# Also detect on the mirrored image; its detections are mapped back and merged by per-class NMS.
+_C.TEST.FLIP = False
+# [[config_file, weights], ...]: detectors ensembled with the evaluated model (proposal union, RoI-head
+# predictions averaged).
+_C.TEST.ENSEMBLE = []
 # Detection: this many ground-truth vs detection pictures go to TensorBoard and, as JPEGs, to
 # OUTPUT_DIR/inference/<dataset>/pictures at each evaluation.
 _C.TEST.VIS_IMAGES = 0
 # Evaluating a model on a dataset with another number of classes (or with checkpoint class layers of
 # another number of classes) is a config error; True evaluates anyway, with a warning.
 _C.TEST.ALLOW_CLASS_MISMATCH = False
+# VOC evaluation reports AP at IoU 0.5 with both the VOC2007 devkit's "11point" metric and the VOC2010+
+# "area" metric; this one is listed and printed first (the paper's VOC 2007 test numbers are 11point).
+_C.TEST.VOC_METRIC = "11point"

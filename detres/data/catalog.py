@@ -5,10 +5,11 @@ A record is a plain dict describing one image:
 * classification: ``{"file_name": str}`` or ``{"image": np.ndarray (H, W, 3) uint8, RGB}``, plus
   ``"label": int`` (0-based).
 * detection: ``{"file_name", "image_id", "height", "width", "annotations": [{"bbox": [x1, y1, x2, y2]
-  (absolute pixels, XYXY), "category_id": int (0-based contiguous), "iscrowd": 0|1}, ...]}``.
+  (absolute pixels, XYXY), "category_id": int (0-based contiguous), "iscrowd": 0|1}, ...]}``
+  (PASCAL VOC annotations also carry ``"difficult": 0|1``; its ``image_id`` is the VOC id string).
 
 Metadata (``MetadataCatalog.get(name)``) is a ``types.SimpleNamespace`` that carries at least
-``task`` ("classification" | "detection"), ``evaluator_type`` ("classification" | "coco") and
+``task`` ("classification" | "detection"), ``evaluator_type`` ("classification" | "coco" | "voc") and
 ``thing_classes`` (list of class names).
 """
 from __future__ import annotations

@@ -36,6 +36,7 @@ from detres.evaluation.build import build_evaluator
 from detres.evaluation.classes import check_classes, dataset_class_names
 from detres.evaluation.evaluator import inference_on_dataset
 from detres.modeling.meta_arch.build import build_model, resolve_device
+from detres.modeling.test_time import build_test_time_model
 from detres.utils import comm
 from detres.utils.env import capture_rng_state, restore_rng_state
 from detres.utils.events import EventStorage
@@ -120,12 +121,13 @@ class Trainer:
 
     @classmethod
     def test(cls, cfg, model: nn.Module, class_names: Optional[List[str]] = None) -> "OrderedDict[str, dict]":
-        """Evaluate ``model`` (unwrapped) on every dataset of ``DATASETS.TEST``; results on the main process.
+        """Evaluate ``model`` (unwrapped; wrapped by the ``TEST.MULTI_SCALE`` / ``FLIP`` / ``ENSEMBLE`` test-time
+        options when on) on every dataset of ``DATASETS.TEST``; results on the main process.
 
         Each dataset's classes are checked against the model's first (``check_classes``: another
         number of classes is a ``ConfigError``); ``class_names`` are those its checkpoint records.
         """
-        model = unwrap_model(model)
+        model = build_test_time_model(cfg, unwrap_model(model))
         results: "OrderedDict[str, dict]" = OrderedDict()
         for name in cfg.DATASETS.TEST:
             loader = cls.build_test_loader(cfg, name)  # loads the records: lazily known class names are known now

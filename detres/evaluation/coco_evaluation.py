@@ -6,7 +6,9 @@ processes, writes them in the official results format (``coco_instances_results.
 ``{"image_id", "category_id" (the dataset's own id), "bbox": [x, y, w, h], "score"}``) and returns
 ``{"bbox": {AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl, "AP-<class>"...}}`` in
 percent (NaN where a size range has no ground truth). ``evaluate_coco`` evaluates any such results
-list on its own (``tools/evaluate.py``).
+list on its own (``tools/evaluate.py``). A dataset without annotations (images only, e.g.
+``coco_2017_test-dev``) is not scored: the results file is written for the evaluation server and
+``evaluate()`` returns ``{}``.
 
 With ``TEST.VIS_IMAGES = n`` the first ``n`` images of the main process become ground truth vs
 detection pictures, drawn on the original image file (``file_name`` of the model input), put into
@@ -168,6 +170,10 @@ class COCOEvaluator:
             with open(path, "w") as f:
                 json.dump(results, f)
             logger.info("Wrote %d detections to %s", len(results), path)
+        if not coco_gt.dataset["annotations"]:  # images only, e.g. test-dev: scored by the evaluation server
+            logger.warning("%s has no annotations: evaluation skipped; submit %s to the evaluation server",
+                           self.dataset_name, path if self.output_dir else f"the {RESULTS_FILE} of an output folder")
+            return {}
         metrics = evaluate_coco(coco_gt, results, img_ids=[p["image_id"] for p in predictions], source=self.dataset_name)
         logger.info("COCO bbox evaluation of %s (%d images):\n%s", self.dataset_name, len(predictions),
                     format_results_table(metrics))

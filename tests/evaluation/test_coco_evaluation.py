@@ -1,6 +1,8 @@
 """COCOEvaluator and evaluate_coco: ground truth scores 100 AP on coco128, shifted boxes lose the
-expected AP, a hand-computed case, the results json format, errors, and tools/evaluate.py."""
+expected AP, a hand-computed case, the results json format, errors, tools/evaluate.py, and the images-only
+test-dev case."""
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 import torch
 
 from detres.config import get_cfg
+from detres.data.build import register_from_config
 from detres.data.catalog import DatasetCatalog
 from detres.data.detection.coco import load_coco_api, register_coco_instances
 from detres.evaluation.build import build_evaluator
@@ -205,3 +208,27 @@ def test_pictures_are_drawn_on_the_original_image(tmp_path):
             column = picture[y1 + 2:y2 - 1, side + min(x1, w - 1)].astype(int)  # the box's left edge
             matches = (np.abs(column - np.array(class_colour(a["category_id"]))).max(axis=1) < 60).mean()
             assert matches > 0.5, (side, a)
+
+
+def test_images_only_test_dev_writes_the_submission_and_skips_evaluation(tmp_path, caplog):
+    """coco_2017_test-dev: an image-info json (images and categories, no annotations) under DATASETS.ROOT."""
+    info = {"images": [{"id": 5, "file_name": "000000000005.jpg", "height": 40, "width": 60}],
+            "categories": [{"id": 1, "name": "person"}, {"id": 2, "name": "bicycle"}]}
+    (tmp_path / "coco" / "annotations").mkdir(parents=True)
+    (tmp_path / "coco" / "test2017").mkdir()
+    (tmp_path / "coco" / "annotations" / "image_info_test-dev2017.json").write_text(json.dumps(info))
+    cfg = get_cfg()
+    cfg.DATASETS.ROOT = str(tmp_path)
+    register_from_config(cfg)
+    records = DatasetCatalog.get("coco_2017_test-dev")
+    assert records == [{"file_name": str(tmp_path / "coco" / "test2017" / "000000000005.jpg"), "image_id": 5,
+                        "height": 40, "width": 60, "annotations": []}]
+    evaluator = build_evaluator(cfg, "coco_2017_test-dev", str(tmp_path / "inference"))
+    evaluator.process([{"image_id": 5}], [{"boxes": torch.tensor([[1.0, 2.0, 4.0, 6.0]]), "scores": torch.tensor([0.5]),
+                                           "classes": torch.tensor([1])}])
+    with caplog.at_level(logging.WARNING):
+        assert evaluator.evaluate() == {}
+    path = tmp_path / "inference" / "coco_instances_results.json"
+    assert f"no annotations: evaluation skipped; submit {path} to the evaluation server" in caplog.text
+    results = json.loads(path.read_text())
+    assert results == [{"image_id": 5, "category_id": 2, "bbox": [1.0, 2.0, 3.0, 4.0], "score": 0.5}]

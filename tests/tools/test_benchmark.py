@@ -50,3 +50,18 @@ def test_norm_statistics_are_calibrated_layer_by_layer(benchmark_tool):
             y = model[:end](x)
             assert y.mean((0, 2, 3)).abs().max() < 1e-3
             assert (y.var((0, 2, 3)) - 1).abs().max() < 1e-2
+
+
+def test_benchmark_times_the_test_time_extras_against_the_plain_model(tmp_path, benchmark_tool, capsys):
+    benchmark_tool.main([
+        "--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--extras", "--images", "2", "--warmup", "0",
+        "--repeats", "1", "--json", "DATASETS.ROOT", str(tmp_path), "DATASETS.SYNTHETIC_DET.NUM_TRAIN", "2",
+        "DATASETS.SYNTHETIC_DET.NUM_VAL", "4", "TEST.MULTI_SCALE.SIZES", "(120, 160, 200)",
+        "TEST.MULTI_SCALE.TARGET_SIZE", "60",
+    ])
+    out = capsys.readouterr().out
+    results = json.loads(out[out.index("{"):])
+    assert list(results) == ["plain", "+ box refinement", "+ multi-scale testing", "+ flip testing", "all of them"]
+    assert results["plain"]["ratio"] == 1.0
+    for r in results.values():
+        assert r["s/image"] > 0 and r["ratio"] == pytest.approx(r["s/image"] / results["plain"]["s/image"])

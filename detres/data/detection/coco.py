@@ -11,8 +11,9 @@ both counts are logged and kept in the metadata as ``box_stats``.
 ``load_coco_api`` (used by training and evaluation alike) checks the file before pycocotools indexes it:
 
 * errors (``DatasetFormatError`` naming the file and the record, e.g. ``annotation id 12
-  (annotations[3])``): a file that is not UTF-8 json (or is truncated) or lacks ``images``,
-  ``annotations`` or ``categories``; a record that is not an object or misses a required field
+  (annotations[3])``): a file that is not UTF-8 json (or is truncated) or lacks ``images`` or
+  ``categories`` (an image-info file without ``annotations``, e.g. test-dev's, gives records without
+  boxes); a record that is not an object or misses a required field
   (images: ``id``, ``file_name``, ``height``, ``width``; annotations: ``id``, ``image_id``,
   ``category_id``, ``bbox``; categories: ``id``, ``name``); ids that are not integers, or repeated
   within their list; a size that is not a positive integer; a ``bbox`` that is not 4 numbers; an
@@ -121,9 +122,10 @@ def _check_dataset(json_file: str, dataset: Any) -> None:
     if not isinstance(dataset, dict):
         raise DatasetFormatError(f"{json_file}: not a COCO instances file (its top level is a "
                                  f"{type(dataset).__name__}, not an object)")
-    missing = [k for k in ("images", "annotations", "categories") if k not in dataset]
+    missing = [k for k in ("images", "categories") if k not in dataset]
     if missing:
         raise DatasetFormatError(f"{json_file}: not a COCO instances file (missing keys: {missing})")
+    dataset.setdefault("annotations", [])  # an image-info file (e.g. test-dev's) lists no annotations
     image_ids = _check_records(json_file, "images", dataset["images"], ("id", "file_name", "height", "width"))
     for image_id, index in image_ids.items():
         _check_image(f"{json_file}: images[{index}] (id {image_id})", dataset["images"][index])

@@ -138,18 +138,32 @@ class BoxPredictor(nn.Module):
         self, boxes: torch.Tensor, probs: torch.Tensor, image_size: Tuple[int, int], nms_thresh: Optional[float] = None
     ) -> Dict[str, torch.Tensor]:
         """One image's detections from per-class boxes ``(R, K, 4)`` and probabilities ``(R, K + 1)``:
-        boxes clipped to ``image_size``, (region, class) pairs scoring above ``score_thresh``, per-class
-        NMS at ``nms_thresh`` (default: the predictor's), the best ``detections_per_image``.
+        the :meth:`candidates` after :meth:`suppress` (per-class NMS at ``nms_thresh``, default: the
+        predictor's; the best ``detections_per_image``).
         Returns ``{"boxes": (D, 4), "scores": (D,), "classes": (D,) int64}``, best first."""
+        candidates = self.candidates(boxes, probs, image_size)
+        keep = self.suppress(candidates, nms_thresh)
+        return {k: v[keep] for k, v in candidates.items()}
+
+    def candidates(
+        self, boxes: torch.Tensor, probs: torch.Tensor, image_size: Tuple[int, int]
+    ) -> Dict[str, torch.Tensor]:
+        """The (region, class) pairs of one image that may become detections: per-class boxes ``(R, K, 4)``
+        clipped to ``image_size``, regions with non-finite values dropped, probabilities ``(R, K + 1)``
+        above ``score_thresh`` (background excluded). Returns ``{"boxes": (M, 4), "scores": (M,),
+        "classes": (M,) int64}`` in region-major order."""
         finite = torch.isfinite(boxes).all(dim=2).all(dim=1) & torch.isfinite(probs).all(dim=1)
         if not finite.all():
             boxes, probs = boxes[finite], probs[finite]
         probs = probs[:, :-1]  # drop background
         boxes = clip_boxes(boxes, image_size)
         keep_mask = probs > self.score_thresh  # (R, K)
-        region_class = keep_mask.nonzero()  # (D, 2): region, class
-        boxes, probs = boxes[keep_mask], probs[keep_mask]
-        keep = batched_nms(boxes, probs, region_class[:, 1], self.nms_thresh if nms_thresh is None else nms_thresh)
-        if self.detections_per_image >= 0:
-            keep = keep[: self.detections_per_image]
-        return {"boxes": boxes[keep], "scores": probs[keep], "classes": region_class[keep, 1]}
+        region_class = keep_mask.nonzero()  # (M, 2): region, class
+        return {"boxes": boxes[keep_mask], "scores": probs[keep_mask], "classes": region_class[:, 1]}
+
+    def suppress(self, candidates: Dict[str, torch.Tensor], nms_thresh: Optional[float] = None) -> torch.Tensor:
+        """Indices ``(D,)`` into :meth:`candidates`' output kept by per-class NMS at ``nms_thresh``
+        (default: the predictor's), best score first, at most ``detections_per_image``."""
+        thresh = self.nms_thresh if nms_thresh is None else nms_thresh
+        keep = batched_nms(candidates["boxes"], candidates["scores"], candidates["classes"], thresh)
+        return keep[: self.detections_per_image] if self.detections_per_image >= 0 else keep

@@ -17,7 +17,9 @@ from detres.modeling.backbone.resnet import build_res5_stage
 from detres.modeling.matcher import Matcher, ignore_crowd_overlaps
 from detres.modeling.poolers import RoIPooler
 from detres.modeling.roi_heads.box_predictor import BoxPredictor
+from detres.modeling.roi_heads.box_refinement import BoxRefinement
 from detres.modeling.roi_heads.build import ROI_HEADS_REGISTRY
+from detres.modeling.roi_heads.global_context import GlobalContext
 from detres.modeling.sampler import BalancedSampler
 from detres.utils.events import get_event_storage
 
@@ -40,6 +42,10 @@ class Res5ROIHeads(nn.Module):
     Region features come from one function per batch (:meth:`region_features_fn`: pool on the res4
     map, res5, average pool, then :meth:`predictor_inputs`), so test-time extras can pool again
     (box refinement) or from other maps (multi-scale testing) through :meth:`inference`.
+
+    Options composed from the config: ``MODEL.ROI_BOX_HEAD.GLOBAL_CONTEXT`` (:class:`GlobalContext`,
+    the predictor's input width doubles) and ``MODEL.ROI_HEADS.BOX_REFINEMENT.ENABLED``
+    (:class:`BoxRefinement` at inference).
     """
 
     def __init__(self, cfg, input_shape: Dict[str, ShapeSpec]):
@@ -58,7 +64,11 @@ class Res5ROIHeads(nn.Module):
             raise ValueError(
                 f"res5 expects {self.res5[0].in_channels} input channels but '{self.in_feature}' has {shape.channels}"
             )
+        self.global_context = GlobalContext() if bh.GLOBAL_CONTEXT else None
+        if self.global_context is not None:
+            out_channels = self.global_context.output_width(out_channels)
         self.box_predictor = BoxPredictor.from_config(cfg, out_channels)
+        self.refinement = BoxRefinement.from_config(cfg) if rh.BOX_REFINEMENT.ENABLED else None
         self.num_classes = rh.NUM_CLASSES
         self.proposal_matcher = Matcher(rh.IOU_THRESHOLDS, rh.IOU_LABELS, allow_low_quality_matches=False)
         self.sampler = BalancedSampler(rh.BATCH_SIZE_PER_IMAGE, rh.POSITIVE_FRACTION)
@@ -91,8 +101,11 @@ class Res5ROIHeads(nn.Module):
     def predictor_inputs(self, region_features: torch.Tensor, feature: torch.Tensor,
                          image_sizes: Sequence[Tuple[int, int]], counts: Sequence[int]) -> torch.Tensor:
         """The box predictor's input for ``(sum R_i, C5)`` region features of the images' ``counts``
-        regions each, ``feature`` being the image-level map (``(N, C, H, W)``) they came from."""
-        return region_features
+        regions each, ``feature`` being the image-level map (``(N, C, H, W)``) they came from: the
+        region features themselves, or with global context ``(sum R_i, 2 * C5)``."""
+        if self.global_context is None:
+            return region_features
+        return self.global_context(self.box_features, region_features, feature, image_sizes, counts)
 
     def region_features_fn(self, features: Dict[str, torch.Tensor],
                            image_sizes: Sequence[Tuple[int, int]]) -> RegionFeatures:
@@ -101,8 +114,9 @@ class Res5ROIHeads(nn.Module):
         feature = features[self.in_feature]
 
         def region_features(boxes: List[torch.Tensor]) -> torch.Tensor:
-            pooled = self.box_features(feature, boxes)
-            return self.predictor_inputs(pooled, feature, image_sizes, [len(b) for b in boxes])
+            if self.global_context is not None:  # regions and whole images in one res5 pass
+                return self.global_context.pool_with_regions(self.box_features, feature, boxes, image_sizes)
+            return self.box_features(feature, boxes)
 
         return region_features
 
@@ -111,8 +125,11 @@ class Res5ROIHeads(nn.Module):
     def inference(self, region_features: RegionFeatures, proposals: List[torch.Tensor],
                   image_sizes: Sequence[Tuple[int, int]]) -> List[Dict[str, torch.Tensor]]:
         """Per-image detections ``{"boxes" (D, 4), "scores" (D,), "classes" (D,)}`` (input pixels) for
-        proposal boxes ``(R_i, 4)``, their features given by ``region_features``."""
+        proposal boxes ``(R_i, 4)``, their features given by ``region_features`` (box refinement, when
+        enabled, pools its refined boxes through it too)."""
         predictions = self.box_predictor(region_features(proposals))
+        if self.refinement is not None:
+            return self.refinement(self.box_predictor, region_features, predictions, proposals, image_sizes)
         return self.box_predictor.inference(predictions, proposals, image_sizes)
 
     @torch.no_grad()

@@ -25,6 +25,8 @@ _CLASS_LAYERS = (
     (re.compile(r"(^|\.)box_predictor\.bbox_pred\.(weight|bias)$"), 4, 0, "MODEL.ROI_HEADS.NUM_CLASSES"),
     (re.compile(r"(^|\.)linear\.(weight|bias)$"), 1, 0, "MODEL.CLASSIFIER.NUM_CLASSES"),
 )
+_PREDICTOR_LAYER = re.compile(r"(^|\.)box_predictor\.(cls_score|bbox_pred)\.(weight|bias)$")
+_CONTEXT_KEY = "MODEL.ROI_BOX_HEAD.GLOBAL_CONTEXT"
 
 
 @dataclass
@@ -194,6 +196,25 @@ def _class_layer_mismatches(shape_mismatch: Sequence[Tuple[str, Tuple[int, ...],
     return list(found.values())
 
 
+def _global_context_mismatch(shape_mismatch: Sequence[Tuple[str, Tuple[int, ...], Tuple[int, ...]]]
+                             ) -> Optional[str]:
+    """What the checkpoint has when the only layers of another shape are the box predictor's and its
+    input width is twice the module's (the checkpoint has global context) or half of it (the module
+    has it); ``None`` otherwise (e.g. a res5 of another width changes the res5 shapes as well)."""
+    if not shape_mismatch or not all(_PREDICTOR_LAYER.search(n) for n, _, _ in shape_mismatch):
+        return None
+    for name, ckpt_shape, own_shape in shape_mismatch:
+        if not name.endswith("cls_score.weight") or ckpt_shape[1] == own_shape[1]:
+            continue
+        if ckpt_shape[1] == 2 * own_shape[1]:
+            return (f"global context (box predictor input width {ckpt_shape[1]}, the module's is {own_shape[1]}) "
+                    f"but {_CONTEXT_KEY} is False; set {_CONTEXT_KEY} True")
+        if 2 * ckpt_shape[1] == own_shape[1]:
+            return (f"no global context (box predictor input width {ckpt_shape[1]}, the module's is {own_shape[1]}) "
+                    f"but {_CONTEXT_KEY} is True; set {_CONTEXT_KEY} False")
+    return None
+
+
 def _recorded_class_names(path: Path) -> Optional[List[str]]:
     """The ``class_names`` a detres checkpoint (a torch zip file) records; read memory-mapped, so the
     tensors are not read again."""
@@ -216,7 +237,9 @@ def load_weights(module: nn.Module, spec: Union[str, Path], strict: bool = False
     tensors are loaded and the problems are logged: class layers for another number of classes as
     one warning line with the fix, the detailed report as a warning (at DEBUG level when only class
     layers differ, the usual fine-tuning case). ``require_class_layers=True`` (evaluation) raises
-    :class:`~detres.config.ConfigError` instead of leaving class layers as initialised.
+    :class:`~detres.config.ConfigError` instead of leaving class layers as initialised. Weights whose
+    box predictor differs only by global context (``MODEL.ROI_BOX_HEAD.GLOBAL_CONTEXT``, which doubles
+    its input width) always raise ``ConfigError``, ``module`` untouched: the setting must match them.
     """
     path = resolve(spec, progress=progress)
     fmt, ckpt = read_checkpoint(path)
@@ -238,11 +261,14 @@ def load_weights(module: nn.Module, spec: Union[str, Path], strict: bool = False
     report.unexpected = [k for k in ckpt if k not in used and k not in ambiguous]
     report.class_mismatch = _class_layer_mismatches(report.shape_mismatch)
     report.class_names = _recorded_class_names(Path(path))
+    from detres.config import ConfigError
+
+    context = _global_context_mismatch(report.shape_mismatch)
+    if context is not None:
+        raise ConfigError(f"weights {spec} have {context}")
     if strict and not report.ok:
         raise RuntimeError(f"strict loading failed:\n{report}")
     if require_class_layers and report.class_mismatch:
-        from detres.config import ConfigError
-
         m = report.class_mismatch[0]
         raise ConfigError(f"weights {spec} have {m}: those layers would stay randomly initialised, which makes "
                           f"the evaluation meaningless; {m.fix} (or TEST.ALLOW_CLASS_MISMATCH True)")
