@@ -32,6 +32,9 @@ setup(
         "matplotlib",
         "PyYAML",
         "tqdm",
+        "albumentations>=2.0.8",  # INPUT.ALBUMENTATIONS (imported only when set)
     ],
-    extras_require={"dev": ["pytest>=7", "pytest-timeout"]},
+    extras_require={"dev": ["pytest>=7", "pytest-timeout", "faster-coco-eval>=1.8", "onnx>=1.15", "onnxruntime>=1.17"],
+                    "fast-eval": ["faster-coco-eval>=1.8"],  # TEST.COCO_EVAL_BACKEND faster_coco_eval
+                    "export": ["onnx>=1.15", "onnxruntime>=1.17"]},  # run exported ONNX files (tools/export_model.py)
 )

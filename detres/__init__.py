@@ -3,8 +3,15 @@
 Public API for downstream projects::
 
     import detres
-    backbone = detres.create_backbone("resnet101", out_features=["res4"], weights="msra://R-101")
+    # classification: a normalised (N, 3, H, W) float tensor -> (N, 1000) logits, like torchvision / timm
     model = detres.create_model("resnet50", num_classes=1000, weights="torchvision://resnet50")
+    transform = detres.create_transform(model, resize=256, crop_size=224)  # image -> (3, 224, 224)
+    logits = model(transform("cat.jpg")[None])
+    # features: (N, 3, H, W) -> {"res4": (N, 1024, H/16, W/16)}
+    backbone = detres.create_backbone("resnet101", out_features=["res4"], weights="msra://R-101")
+    # detection: an image -> boxes (XYXY, original pixels), scores, classes, class names
+    predictor = detres.Predictor("quickstart", weights="output/quickstart/model_final.pth")
+    detector = detres.create_detector("quickstart", weights="output/quickstart/model_final.pth")
     detres.list_backbones()
 
 The API is imported lazily so that ``import detres.config`` stays light.
@@ -17,6 +24,9 @@ _API = {
     "create_backbone": "detres.modeling.backbone.build",
     "list_backbones": "detres.modeling.backbone.build",
     "create_model": "detres.modeling.meta_arch.classifier",
+    "create_transform": "detres.modeling.meta_arch.classifier",
+    "create_detector": "detres.engine.predictor",
+    "Predictor": "detres.engine.predictor",
 }
 
 __all__ = ["__version__", *_API]

@@ -9,7 +9,8 @@ PASCAL VOC (the devkit's conventions, ``detres.evaluation.voc_evaluation``).
 COCO: the results file is the official COCO detection results format (what COCOEvaluator writes as
 ``coco_instances_results.json``): a json list of ``{"image_id", "category_id", "bbox": [x, y, w, h],
 "score"}`` with the dataset's own category ids. Prints AP, AP50, AP75, APs, APm, APl, AR1, AR10,
-AR100, ARs, ARm, ARl and per-category AP, in percent.
+AR100, ARs, ARm, ARl and per-category AP, in percent. ``--backend faster_coco_eval`` evaluates with the
+faster-coco-eval package (same numbers; default: ``TEST.COCO_EVAL_BACKEND`` of --config, else pycocotools).
 
 VOC: the results are a folder of the devkit's ``comp4_det_<image set>_<class>.txt`` files (what
 VOCEvaluator writes; lines ``<image id> <score> <x1> <y1> <x2> <y2>`` in 1-based pixels); a class
@@ -35,7 +36,7 @@ from detres.data.build import register_from_config  # noqa: E402
 from detres.data.catalog import MetadataCatalog  # noqa: E402
 from detres.data.detection.coco import load_coco_api  # noqa: E402
 from detres.data.detection.voc import VOC_CLASSES, load_voc_instances  # noqa: E402
-from detres.evaluation.coco_evaluation import evaluate_coco, format_results_table  # noqa: E402
+from detres.evaluation.coco_evaluation import COCO_EVAL_BACKENDS, evaluate_coco, format_results_table  # noqa: E402
 from detres.evaluation.voc_evaluation import (  # noqa: E402
     VOC_METRICS,
     evaluate_voc,
@@ -56,6 +57,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="VOC metric listed first (default: TEST.VOC_METRIC of --config, else 11point)")
     parser.add_argument("--results", required=True,
                         help="COCO: json list of detections (COCO results format); VOC: folder of comp4 files")
+    parser.add_argument("--backend", choices=COCO_EVAL_BACKENDS,
+                        help="COCO evaluation API (default: TEST.COCO_EVAL_BACKEND of --config, else pycocotools)")
     parser.add_argument("--subset", action="store_true",
                         help="evaluate only on the images that appear in the results (default: every image)")
     parser.add_argument("--output", help="also write the metrics as json to this file")
@@ -67,6 +70,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
         parser.error("--dataset and KEY VALUE overrides need --config")
     if args.dataset_json and args.metric:
         parser.error("--metric is for VOC ground truth")
+    if args.voc_root and args.backend:
+        parser.error("--backend is for COCO ground truth")
     return args
 
 
@@ -83,11 +88,11 @@ def read_coco_results(path: str) -> list:
     return results
 
 
-def run_coco(args: argparse.Namespace, json_file: str) -> dict:
+def run_coco(args: argparse.Namespace, json_file: str, backend: str) -> dict:
     coco_gt = load_coco_api(json_file)
     results = read_coco_results(args.results)
     img_ids = {r["image_id"] for r in results} if args.subset else None
-    metrics = evaluate_coco(coco_gt, results, img_ids=img_ids, source=args.results)
+    metrics = evaluate_coco(coco_gt, results, img_ids=img_ids, source=args.results, backend=backend)
     print(format_results_table(metrics))
     return metrics
 
@@ -107,7 +112,7 @@ def run(args: argparse.Namespace) -> dict:
     if args.voc_root:
         metrics = run_voc(args, args.voc_root, args.image_set, args.metric or VOC_METRICS[0])
     elif args.dataset_json:
-        metrics = run_coco(args, args.dataset_json)
+        metrics = run_coco(args, args.dataset_json, args.backend or "pycocotools")
     else:
         cfg = load_config(args.config, args.opts)
         register_from_config(cfg)
@@ -115,7 +120,7 @@ def run(args: argparse.Namespace) -> dict:
         if getattr(meta, "evaluator_type", None) == "voc":
             metrics = run_voc(args, meta.dirname, meta.split, args.metric or cfg.TEST.VOC_METRIC)
         elif getattr(meta, "json_file", None):
-            metrics = run_coco(args, meta.json_file)
+            metrics = run_coco(args, meta.json_file, args.backend or cfg.TEST.COCO_EVAL_BACKEND)
         else:
             raise ValueError(f"dataset {args.dataset!r} is neither a registered COCO-format dataset (no json_file) "
                              "nor a VOC dataset")

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Training and test error curves of several runs in one figure, like the paper's CIFAR-10 figure
-(plain-20/56 vs ResNet-20/56): dashed lines training error, solid lines test error, x = iterations.
+(plain-20/56 vs ResNet-20/56, Fig. 6): thin dashed lines training error, bold lines test error,
+x = iterations, or epochs with ``--iters-per-epoch`` (391 for CIFAR-10 at batch 128).
 
     python tools/plot_curves.py --runs output/cifar_plain20 output/cifar_resnet20 \\
-        --labels plain-20 ResNet-20 --output fig.png
+        --labels plain-20 ResNet-20 --iters-per-epoch 391 --output fig.png
 
 Each run directory holds the ``metrics.json`` the trainer writes (one JSON object per line). The
 training error is the ``--train-key`` scalar (default ``cls_error``, a fraction, averaged over each
@@ -50,8 +51,9 @@ def load_series(run_dir: str, train_key: str = "cls_error", test_key: Optional[s
 
 
 def plot_runs(runs: Sequence[str], labels: Sequence[str], output: str, title: str = "",
-              **series_options) -> Dict[str, Dict[str, Series]]:
-    """Draw every run's curves into ``output`` (PNG); returns the plotted series by label."""
+              iters_per_epoch: Optional[int] = None, **series_options) -> Dict[str, Dict[str, Series]]:
+    """Draw every run's curves into ``output`` (PNG); returns the plotted series by label (x in
+    iterations). With ``iters_per_epoch`` the x axis shows epochs: (iteration + 1) / iters_per_epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -60,15 +62,18 @@ def plot_runs(runs: Sequence[str], labels: Sequence[str], output: str, title: st
     if len(labels) != len(runs):
         raise ValueError(f"{len(runs)} runs but {len(labels)} labels")
     data = {label: load_series(run, **series_options) for run, label in zip(runs, labels)}
+    def x_values(iterations: List[int]) -> List[float]:
+        return [(it + 1) / iters_per_epoch for it in iterations] if iters_per_epoch else iterations
+
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     for (label, series), color in zip(data.items(), plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4):
-        if series["train"][0]:
-            ax.plot(*series["train"], linestyle="--", linewidth=1.0, color=color, label=f"{label} (train)")
-        if series["test"][0]:
-            ax.plot(*series["test"], linestyle="-", linewidth=2.0, color=color, label=f"{label} (test)")
-    ax.set_xlabel("iterations")
+        for kind, style, width in (("train", "--", 1.0), ("test", "-", 2.0)):
+            its, errors = series[kind]
+            if its:
+                ax.plot(x_values(its), errors, linestyle=style, linewidth=width, color=color, label=f"{label} ({kind})")
+    ax.set_xlabel("epochs" if iters_per_epoch else "iterations")
     ax.set_ylabel("error (%)")
-    ax.set_title(title or "dashed: training error, solid: test error")
+    ax.set_title(title or "thin dashed: training error, bold: test error")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -84,6 +89,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--labels", nargs="+", help="one label per run (default: the directory names)")
     parser.add_argument("--output", default="curves.png", help="PNG file to write")
     parser.add_argument("--title", default="")
+    parser.add_argument("--iters-per-epoch", type=int, default=None, help="x axis in epochs (391: CIFAR-10, batch 128)")
     parser.add_argument("--train-key", default="cls_error")
     parser.add_argument("--test-key", default=None, help="default: the first key ending in /top1_error")
     parser.add_argument("--train-scale", type=float, default=100.0, help="factor to percent (cls_error is a fraction)")
@@ -91,8 +97,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     labels = args.labels or [Path(r).name for r in args.runs]
     try:
-        plot_runs(args.runs, labels, args.output, args.title, train_key=args.train_key, test_key=args.test_key,
-                  train_scale=args.train_scale, test_scale=args.test_scale)
+        plot_runs(args.runs, labels, args.output, args.title, args.iters_per_epoch, train_key=args.train_key,
+                  test_key=args.test_key, train_scale=args.train_scale, test_scale=args.test_scale)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)

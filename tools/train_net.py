@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from detres.config import ConfigError, load_config  # noqa: E402
 from detres.data.build import DatasetError, check_datasets  # noqa: E402
 from detres.data.classification.datasets import DatasetLayoutError  # noqa: E402
+from detres.engine.blockwise import train_blockwise  # noqa: E402
 from detres.engine.checkpoint import Checkpointer  # noqa: E402
 from detres.engine.defaults import default_argument_parser, default_setup, removed_on_setup_failure  # noqa: E402
 from detres.engine.launch import WorkerFailedError, default_backend, launch  # noqa: E402
@@ -63,6 +64,8 @@ def main(args):
             check_datasets(cfg, train=not args.eval_only)  # missing data fails before any model or download
             if args.eval_only:
                 return evaluate_only(cfg, args)
+            if cfg.SOLVER.BLOCKWISE.ENABLED:  # phases of ordinary runs in OUTPUT_DIR/phase<k>
+                return train_blockwise(cfg, resume=args.resume)
             trainer = Trainer(cfg)
             trainer.resume_or_load(resume=args.resume)
         return trainer.train()

@@ -67,6 +67,12 @@ _C.MODEL.CIFAR_RESNETS.WIDTHS = [16, 32, 64]
 _C.MODEL.CIFAR_RESNETS.OUT_FEATURES = ["linear"]
 # "BN", "FrozenBN", "GN", "SyncBN"
 _C.MODEL.CIFAR_RESNETS.NORM = "BN"
+# ResResNet ("residual of residual"): one more shortcut around each stage, from its input to its
+# output, added before a ReLU (identity, or SHORTCUT's option where the stage changes shape).
+_C.MODEL.CIFAR_RESNETS.STAGE_SHORTCUTS = False
+# Stages (of res2, res3, res4) replaced by the parameter-free option-A mapping, their weights kept but
+# not trained: set per phase by block-wise training (SOLVER.BLOCKWISE).
+_C.MODEL.CIFAR_RESNETS.ABSENT_STAGES = []
 
 _C.MODEL.CLASSIFIER = CN()
 _C.MODEL.CLASSIFIER.NUM_CLASSES = 1000
@@ -154,6 +160,10 @@ _C.INPUT.MAX_SIZE_TRAIN = 1000
 _C.INPUT.MIN_SIZE_TEST = 600
 _C.INPUT.MAX_SIZE_TEST = 1000
 _C.INPUT.RANDOM_FLIP = "horizontal"  # or "none"
+# Detection training: an albumentations pipeline run before the exact resize and flip above, a list of
+# "Name" or [Name, {argument: value}] (photometric or box-moving geometric transforms; boxes that leave
+# the image are dropped). See detres/data/detection/albumentations_pipeline.py. Empty: none.
+_C.INPUT.ALBUMENTATIONS = []
 # Detection images larger than this (height * width of their annotation) are skipped in training
 # (counted, one warning) and an error in testing: decoding one costs 3 bytes a pixel. 0: no limit.
 _C.INPUT.MAX_IMAGE_PIXELS = 50_000_000
@@ -238,6 +248,17 @@ _C.SOLVER.CLIP_GRADIENTS = 0.0
 _C.SOLVER.AMP = CN()
 _C.SOLVER.AMP.ENABLED = False
 _C.SOLVER.AMP.DTYPE = "bfloat16"  # or "float16" (uses a grad scaler)
+# Block-wise ("partial") training of a CIFAR ResNet (detres.engine.blockwise): one phase per stage.
+# ORDER "top_down" starts with res2 (nearest the input) and adds res3 then res4; "bottom_up" starts
+# with res4. Phase k < last trains PHASE_ITERS[k] iterations at the constant rate PHASE_LRS[k]; the
+# last phase (all stages) follows the rest of SOLVER. A stage joins with its usual initialisation, the
+# last norm of each of its residual branches scaled by LAMBDA. Weights carry over between phases.
+_C.SOLVER.BLOCKWISE = CN()
+_C.SOLVER.BLOCKWISE.ENABLED = False
+_C.SOLVER.BLOCKWISE.ORDER = "bottom_up"
+_C.SOLVER.BLOCKWISE.PHASE_ITERS = []
+_C.SOLVER.BLOCKWISE.PHASE_LRS = []
+_C.SOLVER.BLOCKWISE.LAMBDA = 1.0
 
 # ---------------------------------------------------------------------------- test
 _C.TEST = CN()
@@ -274,3 +295,6 @@ _C.TEST.ALLOW_CLASS_MISMATCH = False
 # VOC evaluation reports AP at IoU 0.5 with both the VOC2007 devkit's "11point" metric and the VOC2010+
 # "area" metric; this one is listed and printed first (the paper's VOC 2007 test numbers are 11point).
 _C.TEST.VOC_METRIC = "11point"
+# COCO evaluation API: "pycocotools" or "faster_coco_eval" (pip install faster-coco-eval; the same 12
+# numbers and per-category AP, evaluated several times faster).
+_C.TEST.COCO_EVAL_BACKEND = "pycocotools"

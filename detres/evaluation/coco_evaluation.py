@@ -10,6 +10,9 @@ list on its own (``tools/evaluate.py``). A dataset without annotations (images o
 ``coco_2017_test-dev``) is not scored: the results file is written for the evaluation server and
 ``evaluate()`` returns ``{}``.
 
+``TEST.COCO_EVAL_BACKEND`` picks the COCO API: "pycocotools" (default) or "faster_coco_eval" (the
+optional ``faster-coco-eval`` package: the same API and numbers, its matching and accumulation in C++).
+
 With ``TEST.VIS_IMAGES = n`` the first ``n`` images of the main process become ground truth vs
 detection pictures, drawn on the original image file (``file_name`` of the model input), put into
 the active ``EventStorage`` (TensorBoard), when there is one, and written to ``output_dir/pictures/``.
@@ -23,23 +26,52 @@ import logging
 import math
 import os
 from collections import OrderedDict
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detres.config import ConfigError
 from detres.data.catalog import MetadataCatalog
 from detres.data.detection.coco import contiguous_id_map, load_coco_api
 from detres.evaluation.build import EVALUATOR_REGISTRY
 
-__all__ = ["COCO_METRICS", "COCOEvaluator", "detections_to_coco_results", "evaluate_coco", "format_results_table"]
+__all__ = ["COCO_EVAL_BACKENDS", "COCO_METRICS", "COCOEvaluator", "coco_api_classes", "detections_to_coco_results",
+           "evaluate_coco", "format_results_table"]
 
 logger = logging.getLogger(__name__)
 
 COCO_METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 RESULTS_FILE = "coco_instances_results.json"
+COCO_EVAL_BACKENDS = ("pycocotools", "faster_coco_eval")
+
+
+def coco_api_classes(backend: str = "pycocotools") -> Tuple[type, type]:
+    """``(COCO, COCOeval)`` of ``backend`` (one of ``COCO_EVAL_BACKENDS``, ``TEST.COCO_EVAL_BACKEND``)."""
+    if backend == "pycocotools":
+        return COCO, COCOeval
+    if backend != "faster_coco_eval":
+        raise ConfigError(f"TEST.COCO_EVAL_BACKEND must be one of {COCO_EVAL_BACKENDS}, got {backend!r}")
+    try:
+        from faster_coco_eval.core.coco import COCO as FastCOCO
+        from faster_coco_eval.core.faster_eval_api import COCOeval as FastCOCOeval  # pycocotools-compatible printing
+    except ImportError:
+        raise ConfigError("TEST.COCO_EVAL_BACKEND 'faster_coco_eval' needs the faster-coco-eval package: "
+                         "pip install faster-coco-eval (or pip install -e .[fast-eval])") from None
+    return FastCOCO, FastCOCOeval
+
+
+def _as_backend(coco_gt: COCO, coco_class: type) -> COCO:
+    """``coco_gt`` as an instance of the backend's ``COCO`` class (the same dataset dict, re-indexed)."""
+    if isinstance(coco_gt, coco_class):
+        return coco_gt
+    converted = coco_class()
+    converted.dataset = coco_gt.dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        converted.createIndex()
+    return converted
 
 
 def detections_to_coco_results(image_id: int, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
@@ -71,19 +103,22 @@ def _check_results(coco_gt: COCO, results: Sequence[dict], source: str) -> None:
 
 
 def evaluate_coco(coco_gt: COCO, results: Sequence[dict], img_ids: Optional[Iterable[int]] = None,
-                  source: str = "results") -> "OrderedDict[str, float]":
+                  source: str = "results", backend: str = "pycocotools") -> "OrderedDict[str, float]":
     """The 12 COCO numbers and per-category AP, in percent, of ``results`` on ``coco_gt``.
 
-    ``img_ids`` restricts the evaluation to those images (default: every ground-truth image).
+    ``img_ids`` restricts the evaluation to those images (default: every ground-truth image);
+    ``backend``: see ``coco_api_classes``.
     """
+    coco_class, eval_class = coco_api_classes(backend)
     _check_results(coco_gt, results, source)
     _, class_names = contiguous_id_map(coco_gt)
     if not results:
         logger.warning("%s: no detections at all; every AP and AR is 0.", source)
         return OrderedDict([(k, 0.0) for k in COCO_METRICS] + [(f"AP-{n}", 0.0) for n in class_names])
+    coco_gt = _as_backend(coco_gt, coco_class)
     with contextlib.redirect_stdout(io.StringIO()):
         coco_dt = coco_gt.loadRes([dict(r, bbox=list(r["bbox"])) for r in results])  # loadRes edits dicts
-    evaluation = COCOeval(coco_gt, coco_dt, "bbox")
+    evaluation = eval_class(coco_gt, coco_dt, "bbox")
     if img_ids is not None:
         evaluation.params.imgIds = sorted(set(img_ids))
     printed = io.StringIO()
@@ -91,7 +126,7 @@ def evaluate_coco(coco_gt: COCO, results: Sequence[dict], img_ids: Optional[Iter
         evaluation.evaluate()
         evaluation.accumulate()
         evaluation.summarize()
-    logger.info("COCOeval (bbox):\n%s", printed.getvalue().strip())
+    logger.info("COCOeval (bbox, %s):\n%s", backend, printed.getvalue().strip())
     metrics = OrderedDict((k, float(v) * 100 if v >= 0 else float("nan")) for k, v in zip(COCO_METRICS, evaluation.stats))
     precision = evaluation.eval["precision"]  # (IoU thresholds, recall points, categories, areas, max dets)
     for k, name in enumerate(class_names):  # params.catIds are sorted ids, i.e. contiguous order
@@ -126,6 +161,8 @@ class COCOEvaluator:
         self.dataset_name, self.json_file, self.output_dir = dataset_name, meta.json_file, output_dir
         self.class_names = getattr(meta, "thing_classes", None)
         self.vis_images = int(cfg.TEST.VIS_IMAGES) if cfg is not None else 0
+        self.backend = cfg.TEST.COCO_EVAL_BACKEND if cfg is not None else "pycocotools"
+        coco_api_classes(self.backend)  # an unknown or missing backend fails now, not after inference
         self.reset()
 
     def reset(self) -> None:
@@ -174,7 +211,8 @@ class COCOEvaluator:
             logger.warning("%s has no annotations: evaluation skipped; submit %s to the evaluation server",
                            self.dataset_name, path if self.output_dir else f"the {RESULTS_FILE} of an output folder")
             return {}
-        metrics = evaluate_coco(coco_gt, results, img_ids=[p["image_id"] for p in predictions], source=self.dataset_name)
+        metrics = evaluate_coco(coco_gt, results, img_ids=[p["image_id"] for p in predictions],
+                                source=self.dataset_name, backend=self.backend)
         logger.info("COCO bbox evaluation of %s (%d images):\n%s", self.dataset_name, len(predictions),
                     format_results_table(metrics))
         self._put_pictures()

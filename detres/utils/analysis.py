@@ -7,10 +7,14 @@ shortcut additions are elementwise and not counted by the paper, so ``count_flop
 by default (``conv_fc_only=False`` keeps fvcore's full default set). The paper's CIFAR parameter
 counts are compared with all trainable ``nn.Parameter`` elements (conv, BN affine, fc) of the
 option-A, 10-class models.
+
+Layer responses (paper, Fig. 7): :func:`layer_responses` gives the standard deviation of each 3x3
+layer's response -- the output of its norm, before the shortcut addition and the nonlinearity --
+over a set of inputs, read by forward hooks (the model is not changed).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from fvcore.nn import FlopCountAnalysis
@@ -26,7 +30,9 @@ __all__ = [
     "count_flops",
     "count_parameters",
     "format_paper_table",
+    "layer_responses",
     "paper_table",
+    "response_layers",
 ]
 
 # Table 1 (ImageNet, 224x224, multiply-adds) and Table 6 (CIFAR-10 parameters) of the paper.
@@ -168,3 +174,55 @@ def format_paper_table(rows: Sequence[Dict[str, Any]]) -> str:
             f"{r['model']:<18}{r['metric']:<14}{r['paper']:>8.2f}{r['measured']:>11.3f}{r['rel_error']:>+9.2%}"
         )
     return "\n".join(lines)
+
+
+def response_layers(model: nn.Module, kernel_size: int = 3) -> List[Tuple[str, nn.Module]]:
+    """``(name, norm)`` of every conv+norm pair (a module with children ``conv``, an ``nn.Conv2d`` of
+    ``kernel_size`` x ``kernel_size``, and ``norm``) in registration order, i.e. the network's layer
+    order for the ResNets: ``stem.conv1``, ``res2.0.conv1``, ``res2.0.conv2``, ..."""
+    layers = []
+    for name, module in model.named_modules():
+        conv, norm = getattr(module, "conv", None), getattr(module, "norm", None)
+        if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.Module) and conv.kernel_size == (kernel_size,) * 2:
+            layers.append((name, norm))
+    return layers
+
+
+def layer_responses(model: nn.Module, inputs: Iterable[Any], kernel_size: int = 3) -> List[Tuple[str, float]]:
+    """``[(layer name, std)]`` in layer order: the standard deviation of each ``kernel_size`` conv
+    layer's response (its norm's output: after BN, before the addition and ReLU) over every element
+    -- images, channels, positions -- of the responses to all ``inputs`` (population std, in float64).
+
+    The model is run in eval mode under ``no_grad`` as ``model(x)`` for each ``x`` of ``inputs`` (for
+    a meta-architecture: its ``List[dict]`` batches); its training mode is restored afterwards.
+    """
+    layers = response_layers(model, kernel_size)
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no {kernel_size}x{kernel_size} conv+norm layers")
+    sums = {name: torch.zeros(3, dtype=torch.float64) for name, _ in layers}  # count, sum, sum of squares
+
+    def hook_for(name: str):
+        def hook(module: nn.Module, args: Any, output: torch.Tensor) -> None:
+            out = output.detach().double()
+            sums[name] += torch.tensor([out.numel(), out.sum().item(), out.square().sum().item()], dtype=torch.float64)
+
+        return hook
+
+    handles = [norm.register_forward_hook(hook_for(name)) for name, norm in layers]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            for x in inputs:
+                model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+    result = []
+    for name, (count, total, squares) in ((n, s.tolist()) for n, s in sums.items()):
+        if count == 0:
+            raise ValueError(f"layer {name} never ran (no inputs, or a stage that is absent)")
+        mean = total / count
+        result.append((name, max(squares / count - mean * mean, 0.0) ** 0.5))
+    return result

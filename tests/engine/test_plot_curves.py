@@ -53,3 +53,31 @@ def test_cli_writes_png_and_reports_a_missing_run(tmp_path, plot_curves, capsys)
         plot_curves.main(["--runs", str(tmp_path / "nope"), "--output", str(out)])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and "nope" in err and "metrics.json" in err
+
+
+def test_epoch_axis_and_figure_6_line_styles(tmp_path, plot_curves):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    run = fake_run(tmp_path / "r", 0.1, 10.0)
+    captured = {}
+    save = plt.Figure.savefig
+
+    def keep(fig, *args, **kwargs):  # the figure as it is saved
+        captured["lines"] = [(tuple(line.get_xdata()), line.get_linestyle(), line.get_linewidth(), line.get_label())
+                             for line in fig.axes[0].get_lines()]
+        captured["xlabel"] = fig.axes[0].get_xlabel()
+        return save(fig, *args, **kwargs)
+
+    plt.Figure.savefig = keep
+    try:
+        plot_curves.main(["--runs", str(run), "--labels", "ResNet-20", "--iters-per-epoch", "100",
+                          "--output", str(tmp_path / "e.png")])
+    finally:
+        plt.Figure.savefig = save
+    (train_x, train_style, train_width, train_label), (test_x, test_style, test_width, _) = captured["lines"]
+    assert captured["xlabel"] == "epochs" and train_label == "ResNet-20 (train)"
+    assert test_x == (1.0, 2.0, 3.0, 4.0) and train_x[0] == pytest.approx(0.2)  # iteration 19 -> 20 / 100 epochs
+    assert (train_style, train_width, test_style, test_width) == ("--", 1.0, "-", 2.0)  # thin training, bold test

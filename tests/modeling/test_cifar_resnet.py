@@ -128,3 +128,93 @@ def test_bad_depth_and_widths():
     cfg.MODEL.CIFAR_RESNETS.WIDTHS = [16, 32]
     with pytest.raises(ValueError, match="WIDTHS"):
         build_backbone(cfg)
+
+
+# ---------------------------------------------------------------------------- ResResNet, absent stages
+_PROJ = lambda cin, cout: cin * cout + 2 * cout  # noqa: E731  (1x1 conv + BN scale/shift)
+
+
+def test_resresnet_names_are_listed_and_parsed():
+    from detres.modeling.backbone import list_backbones
+    from detres.modeling.backbone.build import parse_backbone_name
+
+    names = list_backbones()
+    assert all(f"cifar_resresnet{d}" in names for d in (20, 32, 44, 56, 110))
+    assert parse_backbone_name("cifar_resresnet32") == (True, False, 32, True)
+    assert parse_backbone_name("cifar_resnet32").stage_shortcuts is False
+    with pytest.raises(ValueError, match="CIFAR family"):
+        parse_backbone_name("resresnet50")
+
+
+@pytest.mark.parametrize("depth", [20, 32, 110])
+def test_resresnet_parameter_counts(depth):
+    n = (depth - 2) // 6
+    resres_a = _cifar(f"cifar_resresnet{depth}")
+    assert isinstance(resres_a.stage_shortcuts["res2"], nn.Identity)
+    assert count_parameters(resres_a) == count_parameters(_cifar(f"cifar_resnet{depth}")) == _expected_params(n)
+    # option B: the blocks' two projections plus the stage shortcuts' two (16->32, 32->64), 2 x 2,752
+    resres_b = count_parameters(_cifar(f"cifar_resresnet{depth}", shortcut="B"))
+    assert resres_b == _expected_params(n) + 2 * (_PROJ(16, 32) + _PROJ(32, 64))
+    assert _PROJ(16, 32) + _PROJ(32, 64) == 2_752
+    if depth == 20:
+        assert resres_b == 275_226
+    # option C: every block projects too; the stage shortcuts still only where the shape changes
+    resres_c = count_parameters(_cifar(f"cifar_resresnet{depth}", shortcut="C"))
+    assert resres_c - count_parameters(_cifar(f"cifar_resnet{depth}", shortcut="C")) == 2_752
+
+
+@pytest.mark.parametrize("shortcut", ["A", "B"])
+def test_resresnet_forward_adds_the_stage_shortcut(shortcut):
+    torch.manual_seed(0)
+    model = _cifar("cifar_resresnet20", shortcut=shortcut, widths=[4, 8, 16]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        for module in model.modules():  # non-trivial BN statistics and affine parameters
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5), module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5), module.bias.uniform_(-0.2, 0.2)
+        h = model.stem(x)
+        for name in ("res2", "res3", "res4"):
+            stage_in = h
+            h = getattr(model, name)(stage_in)
+            if name == "res2":
+                skip = stage_in
+            elif shortcut == "A":
+                skip = torch.cat([stage_in[:, :, ::2, ::2], torch.zeros_like(stage_in[:, :, ::2, ::2])], dim=1)
+            else:
+                proj = getattr(model.stage_shortcuts, name)
+                skip = proj.norm(proj.conv(stage_in))
+            h = torch.relu(h + skip)
+        expected = model.linear(h.mean(dim=(2, 3)))
+        assert torch.allclose(model(x)["linear"], expected, atol=1e-5)
+        plain_forward = model.linear(model.res4(model.res3(model.res2(model.stem(x)))).mean(dim=(2, 3)))
+        assert not torch.allclose(plain_forward, expected, atol=1e-3)
+
+
+def test_resresnet_checkpoint_loads_into_resnet_with_option_a():
+    resres, res = _cifar("cifar_resresnet20"), _cifar("cifar_resnet20")
+    assert list(resres.state_dict()) == list(res.state_dict())  # same names: weights carry over both ways
+    res_b = _cifar("cifar_resresnet20", shortcut="B")
+    assert {k for k in res_b.state_dict() if k.startswith("stage_shortcuts.")} >= {
+        "stage_shortcuts.res3.conv.weight", "stage_shortcuts.res4.norm.running_var"}
+
+
+def test_freeze_covers_the_stage_shortcuts_of_frozen_stages():
+    model = _cifar("cifar_resresnet20", shortcut="B", freeze_at=3)
+    assert not any(p.requires_grad for p in model.stage_shortcuts["res3"].parameters())
+    assert all(p.requires_grad for p in model.stage_shortcuts["res4"].parameters())
+
+
+def test_absent_stages_use_option_a_and_are_not_trained():
+    torch.manual_seed(0)
+    model = _cifar("cifar_resnet20", absent_stages=["res3", "res4"]).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        h = model.res2(model.stem(x))  # (2, 16, 32, 32) -> res3 absent: (2, 32, 16, 16) -> res4 absent: (2, 64, 8, 8)
+        adapted = torch.cat([h[:, :, ::4, ::4], torch.zeros(2, 48, 8, 8)], dim=1)
+        assert torch.allclose(model(x)["linear"], model.linear(adapted.mean(dim=(2, 3))), atol=1e-6)
+    trainable = count_parameters(model, trainable_only=True)
+    assert trainable == count_parameters(model) - count_parameters(model.res3) - count_parameters(model.res4)
+    assert count_parameters(model) == _expected_params(3)  # the absent weights stay (for the next phase)
+    with pytest.raises(ValueError, match="absent stages"):
+        _cifar("cifar_resnet20", absent_stages=["res5"])

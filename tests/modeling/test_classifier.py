@@ -1,20 +1,28 @@
-"""ImageClassifier / create_model: losses, view averaging, the per-pixel mean buffer, configs, and
-that a small ResNet actually learns the generated data."""
+"""ImageClassifier / create_model / create_transform: losses, view averaging, the per-pixel mean
+buffer, tensor-in logits equal to torchvision's, preprocessing, checkpoints between the two models,
+configs, and that a small ResNet actually learns the generated data."""
 import time
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 import detres
 from detres.config import get_cfg, load_config
 from detres.data.build import build_test_loader, build_train_loader
+from detres.data.classification.transforms import build_test_transform
+from detres.modeling.backbone.build import backbone_cfg
 from detres.modeling.meta_arch.build import build_model
-from detres.modeling.meta_arch.classifier import ImageClassifier
+from detres.modeling.meta_arch.classifier import ImageClassifier, ResNetClassifier
+from detres.modeling.weight_import import load_weights
 from detres.utils.events import EventStorage
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+TORCHVISION_MEAN, TORCHVISION_STD = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]  # in [0, 255] units
 # Paper, Table 6: parameters of the CIFAR-10 ResNets (option A shortcuts add none).
 PAPER_CIFAR_PARAMS = {20: 0.27e6, 32: 0.46e6, 44: 0.66e6, 56: 0.85e6, 110: 1.7e6}
 
@@ -26,6 +34,20 @@ def cifar_cfg(depth=8, **overrides):
     cfg.MODEL.CLASSIFIER.NUM_CLASSES = 10
     cfg.MODEL.DEVICE = "cpu"
     cfg.merge_from_dict(overrides)
+    return cfg
+
+
+def model_cfg(name, pixel_mean=None, pixel_std=None, input_format="BGR", crop_size=224, test_short_size=256,
+              **options):
+    """The trainer's config of the ImageNet model ``name``: backbone ``options``, input convention, centre test view."""
+    cfg = backbone_cfg(name, **options)
+    cfg.MODEL.DEVICE = "cpu"
+    cfg.MODEL.PIXEL_MEAN = pixel_mean or cfg.MODEL.PIXEL_MEAN
+    cfg.MODEL.PIXEL_STD = pixel_std or cfg.MODEL.PIXEL_STD
+    cfg.INPUT.FORMAT = input_format
+    cfg.INPUT.CLS.merge_from_dict({"AUGMENTATION": "imagenet", "PER_PIXEL_MEAN": False, "CROP_SIZE": crop_size,
+                                   "TEST_SHORT_SIZE": test_short_size})
+    cfg.TEST.CLS_MODE = "center"
     return cfg
 
 
@@ -118,13 +140,16 @@ def test_linear_output_is_added_to_out_features():
     assert "linear" in model.backbone.out_features and model.num_classes == 10
 
 
-def test_create_model():
-    for name, classes in [("cifar_resnet20", 10), ("cifar_plain20", 10), ("resnet18", 7)]:
+def test_create_model_maps_tensors_to_logits():
+    torch.manual_seed(0)
+    for name, classes, size in [("cifar_resnet20", 10, 32), ("cifar_plain20", 10, 32), ("resnet18", 7, 64)]:
         model = detres.create_model(name, num_classes=classes)
-        assert isinstance(model, ImageClassifier) and not model.training
+        assert type(model) is ResNetClassifier and not model.training
+        x = torch.randn(2, 3, size, size)
         with torch.no_grad():
-            size = 32 if name.startswith("cifar") else 64
-            assert model([{"image": images(1, size=size)[0]}]).shape == (1, classes)
+            logits = model(x)
+            assert logits.shape == (2, classes)
+            assert torch.equal(logits, model.backbone(x)["linear"])
     count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     assert count(detres.create_model("cifar_resnet20", 10)) == count(detres.create_model("cifar_plain20", 10))
     b = detres.create_model("cifar_resnet20", 10, shortcut="B", pixel_mean=[1.0, 2.0, 3.0], per_pixel_mean=False)
@@ -134,25 +159,107 @@ def test_create_model():
         detres.create_model("resnet18", 10, colour="red")
 
 
-def test_create_model_with_torchvision_weights_matches_torchvision(tmp_path):
+def torchvision_state_dict(name, path):
+    """A randomly initialised torchvision ``name`` with non-trivial BN statistics, saved to ``path``."""
     import torchvision
 
     torch.manual_seed(3)
-    reference = torchvision.models.resnet18(num_classes=1000).eval()
-    for m in reference.modules():  # non-trivial BN statistics
+    reference = getattr(torchvision.models, name)(weights=None).eval()
+    for m in reference.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.uniform_(-0.1, 0.1)
             m.running_var.uniform_(0.5, 1.5)
-    torch.save(reference.state_dict(), tmp_path / "resnet18.pth")
-    mean, std = [123.675, 116.28, 103.53], [58.395, 57.12, 57.375]  # torchvision's, in [0, 255] units
-    model = detres.create_model(
-        "resnet18", 1000, weights=str(tmp_path / "resnet18.pth"), style="pytorch", pixel_mean=mean, pixel_std=std
-    )
-    rgb = images(2, size=64)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.1, 0.1)
+    torch.save(reference.state_dict(), path)
+    return reference
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet50"])
+def test_create_model_with_torchvision_weights_gives_torchvision_logits(name, tmp_path):
+    """A torchvision state dict (recognised by its names) brings torchvision's conventions: pytorch
+    style, RGB, torchvision's mean/std -- the logits are torchvision's on the same tensor."""
+    reference = torchvision_state_dict(name, tmp_path / f"{name}.pth")
+    model = detres.create_model(name, weights=str(tmp_path / f"{name}.pth"))
+    assert model.input_format == "RGB"
+    assert model.pixel_mean.flatten().tolist() == pytest.approx(TORCHVISION_MEAN)
+    assert model.pixel_std.flatten().tolist() == pytest.approx(TORCHVISION_STD)
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
-        expected = torch.softmax(reference((torch.stack(rgb).float() / 255 - torch.tensor(mean).view(3, 1, 1) / 255)
-                                           / (torch.tensor(std).view(3, 1, 1) / 255)), 1)
-        assert torch.allclose(model([{"image": im} for im in rgb]), expected, atol=1e-5)
+        ours, theirs = model(x), reference(x)
+    assert ours.shape == (2, 1000) and theirs.std() > 0.1  # not a degenerate network
+    assert (ours - theirs).abs().max().item() <= 1e-5
+    # the dict-in trainer model holds the same network: its softmax over the same images
+    images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    wrapped = ImageClassifier(model_cfg(name, style="pytorch", pixel_mean=TORCHVISION_MEAN, pixel_std=TORCHVISION_STD,
+                                        input_format="RGB")).eval()
+    assert load_weights(wrapped, str(tmp_path / f"{name}.pth")).ok
+    with torch.no_grad():
+        expected = torch.softmax(reference((images.float() / 255 - torch.tensor(TORCHVISION_MEAN).view(3, 1, 1) / 255)
+                                           / (torch.tensor(TORCHVISION_STD).view(3, 1, 1) / 255)), 1)
+        assert torch.allclose(wrapped([{"image": im} for im in images]), expected, atol=1e-5)
+
+
+def test_transform_normalises_with_the_model_conventions(tmp_path):
+    """One known pixel through the transform of an RGB/torchvision-mean model and a BGR/Caffe-mean model,
+    from every kind of input."""
+    rgb = np.zeros((4, 6, 3), np.uint8)
+    rgb[1, 2] = (255, 0, 128)
+    torchvision_like = detres.create_model("resnet18", 10, input_format="RGB", pixel_mean=TORCHVISION_MEAN,
+                                           pixel_std=TORCHVISION_STD)
+    x = detres.create_transform(torchvision_like)(rgb)
+    assert x.shape == (3, 4, 6) and x.dtype == torch.float32
+    # (255 - 123.675) / 58.395, (0 - 116.28) / 57.12, (128 - 103.53) / 57.375
+    assert x[:, 1, 2].tolist() == pytest.approx([2.248909, -2.035714, 0.426492], abs=1e-5)
+    assert x[:, 0, 0].tolist() == pytest.approx([-2.117904, -2.035714, -1.804444], abs=1e-5)
+
+    caffe = detres.create_model("resnet18", 10)  # MSRA weights' convention: BGR, mean subtracted, std 1
+    transform = detres.create_transform(caffe)
+    assert transform(rgb)[:, 1, 2].tolist() == pytest.approx([128 - 103.53, 0 - 116.28, 255 - 123.675])
+    cv2.imwrite(str(tmp_path / "image.png"), rgb[:, :, ::-1])
+    same = [
+        transform(str(tmp_path / "image.png")),
+        transform(Image.fromarray(rgb)),
+        transform(torch.from_numpy(rgb).permute(2, 0, 1)),
+        detres.create_transform(caffe, image_format="BGR")(rgb[:, :, ::-1].copy()),
+    ]
+    assert all(torch.equal(s, transform(rgb)) for s in same)
+    with pytest.raises(TypeError, match="uint8"):
+        transform(rgb.astype(np.float32))
+
+
+def test_transform_resizes_and_crops_like_the_test_loader():
+    image = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8, generator=torch.Generator().manual_seed(6))
+    model = detres.create_model("resnet18", 10, input_format="RGB", pixel_mean=TORCHVISION_MEAN,
+                                pixel_std=TORCHVISION_STD)
+    x = detres.create_transform(model, resize=40, crop_size=32)(image)
+    view = build_test_transform(model_cfg("resnet18", crop_size=32, test_short_size=40))(image)  # the loader's view
+    assert x.shape == view.shape == (3, 32, 32)
+    assert torch.allclose(x, model.normalize(view[None])[0], atol=1e-6)
+
+
+def test_checkpoints_move_between_the_trainer_model_and_create_model(tmp_path):
+    """A trained ImageClassifier's checkpoint (per-pixel mean image included) loads into create_model's
+    tensor-in model and back: the same names, the same scores."""
+    torch.manual_seed(7)
+    trained = calibrated(build_model(cifar_cfg())).eval()
+    trained.set_pixel_mean_image(torch.rand(3, 32, 32) * 255)
+    torch.save({"model": trained.state_dict(), "class_names": [str(i) for i in range(10)]}, tmp_path / "cls.pth")
+    model = detres.create_model("cifar_resnet8", 10, weights=str(tmp_path / "cls.pth"))
+    assert torch.equal(model.pixel_mean_image, trained.pixel_mean_image)
+    bgr = images(3, seed=8)  # the trainer's input format: BGR
+    transform = detres.create_transform(model, image_format="BGR")
+    with torch.no_grad():
+        expected = trained([{"image": im} for im in bgr])
+        probs = torch.softmax(model(torch.stack([transform(im) for im in bgr])), 1)
+    assert torch.allclose(probs, expected, atol=1e-6) and expected.max() - expected.min() > 0.1
+
+    torch.save(model.state_dict(), tmp_path / "tensor_in.pth")
+    back = build_model(cifar_cfg()).eval()
+    report = load_weights(back, str(tmp_path / "tensor_in.pth"))
+    assert report.ok and report.renamed == 0 and report.loaded == len(back.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(back([{"image": im} for im in bgr]), expected, atol=1e-6)
 
 
 @pytest.mark.parametrize("depth", sorted(PAPER_CIFAR_PARAMS))

@@ -1,4 +1,5 @@
-"""tools/demo.py on the golden Detectron2 C4 checkpoint, and the visualizer it draws with."""
+"""tools/demo.py (over detres.Predictor) on the golden Detectron2 C4 checkpoint and on a checkpoint that
+records class names, and the visualizer it draws with."""
 from pathlib import Path
 
 import cv2
@@ -6,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from detres.data.detection.mapper import read_image
+from detres.engine.checkpoint import Checkpointer
+from detres.engine.predictor import Predictor
+from detres.modeling.meta_arch.build import build_model
 from detres.utils.visualizer import class_colour, draw_instances
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -41,12 +44,12 @@ def test_demo_on_the_golden_detector(shared_dir, coco128_dir, tmp_path, capsys, 
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and "detections with score >= 0.5" in lines[0]
 
-    cfg = demo.load_config(str(config), opts)
-    model, recorded = demo.build_predictor(cfg)
-    assert recorded is None  # a Detectron2 file records no class names
-    output = demo.predict(model, cfg, read_image(str(image_dir / "000000000009.jpg")))
+    predictor = Predictor(str(config), opts=opts)
+    output = predictor(str(image_dir / "000000000009.jpg"))
     keep = output["scores"] >= 0.5
     assert int(lines[0].split(": ")[1].split()[0]) == int(keep.sum()) > 0
+    kept_names = [name for name, kept in zip(output["class_names"], keep) if kept]
+    assert lines[0].endswith("(" + ", ".join(f"{n} {s:.2f}" for n, s in zip(kept_names, output["scores"][keep])) + ")")
     original = cv2.imread(str(image_dir / "000000000009.jpg"))
     drawn = cv2.imread(str(written[0]))
     assert drawn.shape == original.shape == (480, 640, 3)
@@ -73,13 +76,11 @@ R18_OPTS = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.S
 
 
 def test_demo_labels_with_the_checkpoint_class_names_without_a_dataset(tmp_path, load_tool, monkeypatch):
-    from detres.engine.checkpoint import Checkpointer
-
     demo = load_tool("demo")
     config = str(REPO_ROOT / "configs" / "detection" / "Base-RCNN-C4.yaml")
     opts = R18_OPTS + ["MODEL.ROI_HEADS.NUM_CLASSES", "3", "DATASETS.TRAIN", "()", "DATASETS.TEST", "()"]
     torch.manual_seed(0)
-    model = demo.build_model(demo.load_config(config, opts))
+    model = build_model(demo.load_config(config, opts))
     path = Checkpointer(model, str(tmp_path / "run")).save("model_final", iteration=1, class_names=["ant", "bee", "cat"])
     cv2.imwrite(str(tmp_path / "a.jpg"), np.random.default_rng(0).integers(0, 255, (128, 160, 3), dtype=np.uint8))
     drawn = []
@@ -87,16 +88,3 @@ def test_demo_labels_with_the_checkpoint_class_names_without_a_dataset(tmp_path,
     demo.run(demo.parse_args(["--config", config, "--input", str(tmp_path / "a.jpg"), "--output", str(tmp_path / "out"),
                               "--confidence", "0", "MODEL.WEIGHTS", path, *opts]))
     assert drawn == [["ant", "bee", "cat"]]
-
-
-def test_demo_class_names_fall_back_to_the_dataset_then_to_numbers(tmp_path, load_tool):
-    demo = load_tool("demo")
-    cfg = demo.load_config(str(REPO_ROOT / "configs" / "detection" / "Base-RCNN-C4.yaml"),
-                           ["DATASETS.ROOT", str(tmp_path), "DATASETS.TRAIN", "('synthetic_det_train',)",
-                            "DATASETS.TEST", "()", "MODEL.ROI_HEADS.NUM_CLASSES", "6"])
-    shapes = ["circle", "square", "triangle", "ellipse", "cross", "star"]
-    assert demo.class_names(cfg, ["a", "b", "c", "d", "e", "f"]) == ["a", "b", "c", "d", "e", "f"]
-    assert demo.class_names(cfg, ["a", "b"]) == shapes  # recorded names of another count are not used
-    assert demo.class_names(cfg, None) == shapes
-    cfg.MODEL.ROI_HEADS.NUM_CLASSES = 4
-    assert demo.class_names(cfg, None) is None

@@ -1,6 +1,9 @@
 """Turns a detection record (see ``detres.data.catalog``) into a model input dict.
 
-Output, per image (XYXY boxes in the pixels of the resized, possibly flipped image):
+In training, the optional albumentations pipeline (``INPUT.ALBUMENTATIONS``,
+``detres.data.detection.albumentations_pipeline``) runs on the decoded image and its boxes first;
+then detres's exact resize and flip. Output, per image (XYXY boxes in the pixels of the augmented,
+resized, possibly flipped image):
 
 * ``"image"``: uint8 Tensor (3, H, W) in ``INPUT.FORMAT`` channel order;
 * ``"gt_boxes"``: float32 (K, 4) and ``"gt_classes"``: int64 (K,) of the non-crowd boxes;
@@ -19,6 +22,7 @@ import numpy as np
 import torch
 
 from detres.data.build import DatasetError, DatasetFormatError
+from detres.data.detection.albumentations_pipeline import AlbumentationsPipeline
 from detres.data.detection.transforms import DetectionAugmentation
 
 __all__ = ["ImageReadError", "read_image", "DetectionDatasetMapper"]
@@ -57,15 +61,19 @@ def _is_truncated_jpeg(path: str) -> bool:
 
 
 class DetectionDatasetMapper:
-    """Callable ``(record, rng) -> model input dict``; ``rng`` drives the random resize and flip."""
+    """Callable ``(record, rng) -> model input dict``; ``rng`` drives the random resize and flip and
+    seeds the albumentations pipeline, when there is one."""
 
-    def __init__(self, augmentation: DetectionAugmentation, image_format: str = "BGR") -> None:
+    def __init__(self, augmentation: DetectionAugmentation, image_format: str = "BGR",
+                 albumentations: Optional[AlbumentationsPipeline] = None) -> None:
         self.augmentation = augmentation
         self.image_format = image_format
+        self.albumentations = albumentations
 
     @classmethod
     def from_config(cls, cfg, is_train: bool) -> "DetectionDatasetMapper":
-        return cls(DetectionAugmentation.from_config(cfg, is_train), cfg.INPUT.FORMAT)
+        return cls(DetectionAugmentation.from_config(cfg, is_train), cfg.INPUT.FORMAT,
+                   AlbumentationsPipeline.from_config(cfg, is_train))
 
     def __call__(self, record: dict, rng: Optional[np.random.Generator] = None) -> dict:
         image = read_image(record["file_name"], self.image_format)
@@ -75,12 +83,16 @@ class DetectionDatasetMapper:
                 f"{record['file_name']}: image is {h}x{w} (HxW) but its annotations say "
                 f"{record['height']}x{record['width']}; the annotation file does not match the images"
             )
-        transform = self.augmentation.sample(h, w, rng if rng is not None else np.random.default_rng(0))
-        image = transform.apply_image(image)
+        rng = rng if rng is not None else np.random.default_rng(0)
         anns = record.get("annotations", [])
         boxes = np.array([a["bbox"] for a in anns], dtype=np.float64).reshape(-1, 4)
         crowd = np.array([bool(a.get("iscrowd", 0)) for a in anns], dtype=bool)
         classes = np.array([a["category_id"] for a in anns], dtype=np.int64)
+        if self.albumentations is not None:
+            image, boxes, kept = self.albumentations(image, boxes, rng)
+            crowd, classes = crowd[kept], classes[kept]
+        transform = self.augmentation.sample(*image.shape[:2], rng)
+        image = transform.apply_image(image)
         boxes = transform.apply_boxes(boxes).astype(np.float32)
         return {
             "image": torch.from_numpy(image.transpose(2, 0, 1).copy()),

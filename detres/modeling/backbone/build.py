@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, List, Optional, Sequence, Tuple
+from typing import Any, List, NamedTuple, Optional, Sequence
 
 from fvcore.common.registry import Registry
 
@@ -15,7 +15,18 @@ Registry for backbones. A registered function is called as ``fn(cfg)`` and retur
 
 IMAGENET_DEPTHS = (18, 34, 50, 101, 152)
 CIFAR_DEPTHS = (20, 32, 44, 56, 110, 1202)
-_NAME_RE = re.compile(r"^(?P<cifar>cifar_)?(?P<kind>resnet|plain)(?P<depth>\d+)$")
+_NAME_RE = re.compile(r"^(?P<cifar>cifar_)?(?P<kind>resnet|plain|resresnet)(?P<depth>\d+)$")
+# CIFAR only: the ResResNet (stage shortcuts, MODEL.CIFAR_RESNETS.STAGE_SHORTCUTS) of the residual-network studies.
+CIFAR_KINDS = ("resnet", "plain", "resresnet")
+
+
+class BackboneName(NamedTuple):
+    """A parsed backbone name: ``"cifar_resresnet20"`` -> ``(True, False, 20, True)``."""
+
+    is_cifar: bool
+    plain: bool
+    depth: int
+    stage_shortcuts: bool
 
 
 def build_backbone(cfg) -> Backbone:
@@ -26,21 +37,21 @@ def build_backbone(cfg) -> Backbone:
 def list_backbones() -> List[str]:
     """Names accepted by :func:`create_backbone` and :func:`detres.create_model`."""
     names = [f"{kind}{d}" for kind in ("resnet", "plain") for d in IMAGENET_DEPTHS]
-    names += [f"cifar_{kind}{d}" for kind in ("resnet", "plain") for d in CIFAR_DEPTHS]
+    names += [f"cifar_{kind}{d}" for kind in CIFAR_KINDS for d in CIFAR_DEPTHS]
     return names
 
 
 def backbone_cfg(name: str, out_features: Optional[Sequence[str]] = None, **overrides: Any):
     """The config that :func:`create_backbone` builds ``name`` from.
 
-    ``name`` is ``resnet{18,34,50,101,152}``, ``plain{...}`` or ``cifar_{resnet,plain}{6n+2}``.
+    ``name`` is ``resnet{18,34,50,101,152}``, ``plain{...}`` or ``cifar_{resnet,plain,resresnet}{6n+2}``.
     ``overrides`` are lower-case keys of ``MODEL.RESNETS`` (or ``MODEL.CIFAR_RESNETS``), e.g.
     ``style="pytorch"``, ``norm="FrozenBN"``, ``shortcut="A"``, ``res2_out_channels=64``, plus
     ``freeze_at``.
     """
     from detres.config import get_cfg
 
-    is_cifar, plain, depth = parse_backbone_name(name)
+    is_cifar, plain, depth, stage_shortcuts = parse_backbone_name(name)
     cfg = get_cfg()
     node_name = "CIFAR_RESNETS" if is_cifar else "RESNETS"
     cfg.MODEL.BACKBONE.NAME = "cifar_resnet" if is_cifar else "resnet"
@@ -48,6 +59,7 @@ def backbone_cfg(name: str, out_features: Optional[Sequence[str]] = None, **over
     node.DEPTH = depth
     node.PLAIN = plain
     if is_cifar:
+        node.STAGE_SHORTCUTS = stage_shortcuts
         cfg.MODEL.CLASSIFIER.NUM_CLASSES = 10  # CIFAR-10
     if out_features is not None:
         node.OUT_FEATURES = list(out_features)
@@ -64,17 +76,19 @@ def backbone_cfg(name: str, out_features: Optional[Sequence[str]] = None, **over
     return cfg
 
 
-def parse_backbone_name(name: str) -> Tuple[bool, bool, int]:
-    """``"cifar_plain56"`` -> ``(is_cifar=True, plain=True, depth=56)``."""
+def parse_backbone_name(name: str) -> BackboneName:
+    """``"cifar_plain56"`` -> ``BackboneName(is_cifar=True, plain=True, depth=56, stage_shortcuts=False)``."""
     m = _NAME_RE.match(name)
     if m is None:
         raise ValueError(f"unknown backbone {name!r}; detres.list_backbones() gives the valid names")
     is_cifar, depth = bool(m.group("cifar")), int(m.group("depth"))
     if is_cifar and (depth - 2) % 6 != 0:
         raise ValueError(f"CIFAR ResNets have 6n+2 layers; {depth} is not of that form")
+    if not is_cifar and m.group("kind") == "resresnet":
+        raise ValueError(f"{name!r}: the ResResNet exists only in the CIFAR family (cifar_resresnet<6n+2>)")
     if not is_cifar and depth not in IMAGENET_DEPTHS:
         raise ValueError(f"ImageNet ResNet depth must be one of {IMAGENET_DEPTHS}, got {depth}")
-    return is_cifar, m.group("kind") == "plain", depth
+    return BackboneName(is_cifar, m.group("kind") == "plain", depth, m.group("kind") == "resresnet")
 
 
 def create_backbone(
