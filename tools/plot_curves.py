@@ -10,6 +10,8 @@ Each run directory holds the ``metrics.json`` the trainer writes (one JSON objec
 training error is the ``--train-key`` scalar (default ``cls_error``, a fraction, averaged over each
 logging period) and the test error the ``--test-key`` scalar (default: the first key ending in
 ``/top1_error``, in percent); ``--train-scale`` / ``--test-scale`` convert both to percent.
+``--metric accuracy`` draws 100 - error instead, and ``--metric loss`` the training loss (``total_loss``),
+the reproduction reports' per-epoch pictures.
 """
 from __future__ import annotations
 
@@ -50,10 +52,19 @@ def load_series(run_dir: str, train_key: str = "cls_error", test_key: Optional[s
     return {name: (sorted(d), [d[i] for i in sorted(d)]) for name, d in (("train", train), ("test", test))}
 
 
+METRICS = ("error", "accuracy", "loss")
+
+
 def plot_runs(runs: Sequence[str], labels: Sequence[str], output: str, title: str = "",
-              iters_per_epoch: Optional[int] = None, **series_options) -> Dict[str, Dict[str, Series]]:
+              iters_per_epoch: Optional[int] = None, metric: str = "error",
+              **series_options) -> Dict[str, Dict[str, Series]]:
     """Draw every run's curves into ``output`` (PNG); returns the plotted series by label (x in
-    iterations). With ``iters_per_epoch`` the x axis shows epochs: (iteration + 1) / iters_per_epoch."""
+    iterations). With ``iters_per_epoch`` the x axis shows epochs: (iteration + 1) / iters_per_epoch.
+    ``metric``: "error" (%), "accuracy" (100 - error) or "loss" (the training ``total_loss`` only)."""
+    if metric not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    if metric == "loss":
+        series_options = {**series_options, "train_key": "total_loss", "train_scale": 1.0}
     import matplotlib
 
     matplotlib.use("Agg")
@@ -62,6 +73,11 @@ def plot_runs(runs: Sequence[str], labels: Sequence[str], output: str, title: st
     if len(labels) != len(runs):
         raise ValueError(f"{len(runs)} runs but {len(labels)} labels")
     data = {label: load_series(run, **series_options) for run, label in zip(runs, labels)}
+    if metric == "accuracy":
+        data = {label: {kind: (its, [100.0 - v for v in values]) for kind, (its, values) in series.items()}
+                for label, series in data.items()}
+    elif metric == "loss":  # no test loss is logged
+        data = {label: {"train": series["train"], "test": ([], [])} for label, series in data.items()}
     def x_values(iterations: List[int]) -> List[float]:
         return [(it + 1) / iters_per_epoch for it in iterations] if iters_per_epoch else iterations
 
@@ -72,8 +88,9 @@ def plot_runs(runs: Sequence[str], labels: Sequence[str], output: str, title: st
             if its:
                 ax.plot(x_values(its), errors, linestyle=style, linewidth=width, color=color, label=f"{label} ({kind})")
     ax.set_xlabel("epochs" if iters_per_epoch else "iterations")
-    ax.set_ylabel("error (%)")
-    ax.set_title(title or "thin dashed: training error, bold: test error")
+    ax.set_ylabel({"error": "error (%)", "accuracy": "accuracy (%)", "loss": "training loss"}[metric])
+    ax.set_title(title or (f"thin dashed: training {metric}, bold: test {metric}" if metric != "loss"
+                           else "training loss"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -90,6 +107,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--output", default="curves.png", help="PNG file to write")
     parser.add_argument("--title", default="")
     parser.add_argument("--iters-per-epoch", type=int, default=None, help="x axis in epochs (391: CIFAR-10, batch 128)")
+    parser.add_argument("--metric", choices=METRICS, default="error", help="error (default), accuracy or loss")
     parser.add_argument("--train-key", default="cls_error")
     parser.add_argument("--test-key", default=None, help="default: the first key ending in /top1_error")
     parser.add_argument("--train-scale", type=float, default=100.0, help="factor to percent (cls_error is a fraction)")
@@ -97,7 +115,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     labels = args.labels or [Path(r).name for r in args.runs]
     try:
-        plot_runs(args.runs, labels, args.output, args.title, args.iters_per_epoch, train_key=args.train_key,
+        plot_runs(args.runs, labels, args.output, args.title, args.iters_per_epoch, args.metric, train_key=args.train_key,
                   test_key=args.test_key, train_scale=args.train_scale, test_scale=args.test_scale)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

@@ -8,8 +8,9 @@ Each model is trained by ``tools/train_net.py`` in its own process (``OUTPUT_DIR
 default 2 epochs of the 5000 images (156 iterations of 64, lr / 10 at 60% and 85%), so that the three
 runs fit in 15 minutes on a busy 2-core CPU, with the test error evaluated every half epoch. Then
 the final training and test errors are printed side by side and ``summary.json``, ``curves.png``
-(training error thin/dashed, test error bold, x in epochs: the paper's Fig. 6 style) and ``responses.png`` / ``responses.json``
-(std of each 3x3 layer's response on the validation set: the paper's Fig. 7) are written.
+(training error thin/dashed, test error bold, x in epochs: the paper's Fig. 6 style), ``accuracy.png``
+and ``loss.png`` (the reproduction reports' per-epoch pictures) and ``responses.png`` /
+``responses.json`` (std of each 3x3 layer's response on the validation set: the paper's Fig. 7) are written.
 ``KEY VALUE`` overrides go to every run (e.g. ``DATASETS.ROOT /data``).
 """
 from __future__ import annotations
@@ -73,9 +74,13 @@ def run(output: Path, iters: int, opts: Sequence[str], images: int = 1000) -> Di
         seconds = train(label, output, iters, opts)
         summary[label] = {**final_errors(output / label), "train_seconds": round(seconds, 1)}
     labels = list(MODELS)
-    plot_curves.plot_runs([str(output / label) for label in labels], labels, str(output / "curves.png"),
+    runs = [str(output / label) for label in labels]
+    plot_curves.plot_runs(runs, labels, str(output / "curves.png"),
                           title="generated CIFAR-like set: thin dashed training error, bold test error",
                           iters_per_epoch=ITERS_PER_EPOCH)
+    for metric in ("accuracy", "loss"):  # the reproduction reports' per-epoch pictures
+        plot_curves.plot_runs(runs, labels, str(output / f"{metric}.png"), iters_per_epoch=ITERS_PER_EPOCH,
+                              metric=metric)
     models = [(label, str(output / label / "config.yaml"), str(output / label / "model_final.pth")) for label in labels]
     responses = analyze_responses.analyze(models, VAL_SET, images, str(output), opts)
     for label, layers in responses.items():
@@ -103,7 +108,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     start = time.perf_counter()
     summary = run(Path(args.output), args.iters, args.opts, args.images)
     print(format_summary(summary))
-    print(f"wrote {args.output}/curves.png, responses.png, responses.json, summary.json "
+    print(f"wrote {args.output}/curves.png, accuracy.png, loss.png, responses.png, responses.json, summary.json "
           f"({time.perf_counter() - start:.0f} s in all)")
 
 

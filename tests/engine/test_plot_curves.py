@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 
-
 @pytest.fixture(scope="module")
 def plot_curves(load_tool):
     return load_tool("plot_curves")
@@ -17,7 +16,8 @@ def fake_run(path: Path, final_train: float, final_test: float) -> Path:
     lines = []
     for it in range(19, 400, 20):
         frac = (it + 1) / 400
-        record = {"iteration": it, "cls_error": 0.9 - (0.9 - final_train) * frac, "loss_cls": 2.0 - frac, "lr": 0.1}
+        record = {"iteration": it, "cls_error": 0.9 - (0.9 - final_train) * frac, "loss_cls": 2.0 - frac,
+                  "total_loss": 2.0 - frac, "lr": 0.1}
         if (it + 1) % 100 == 0:
             record["cifar10_test/top1_error"] = 90.0 - (90.0 - final_test) * frac
             record["cifar10_test/top5_error"] = 10.0
@@ -81,3 +81,17 @@ def test_epoch_axis_and_figure_6_line_styles(tmp_path, plot_curves):
     assert captured["xlabel"] == "epochs" and train_label == "ResNet-20 (train)"
     assert test_x == (1.0, 2.0, 3.0, 4.0) and train_x[0] == pytest.approx(0.2)  # iteration 19 -> 20 / 100 epochs
     assert (train_style, train_width, test_style, test_width) == ("--", 1.0, "-", 2.0)  # thin training, bold test
+
+
+def test_accuracy_and_loss_pictures(tmp_path, plot_curves):
+    run = fake_run(tmp_path / "r", 0.05, 8.75)
+    accuracy = plot_curves.plot_runs([str(run)], ["ResNet-20"], str(tmp_path / "acc.png"), metric="accuracy")
+    assert accuracy["ResNet-20"]["train"][1][-1] == pytest.approx(95.0)  # 100 - 5 % training error
+    assert accuracy["ResNet-20"]["test"][1][-1] == pytest.approx(91.25)
+    loss = plot_curves.plot_runs([str(run)], ["ResNet-20"], str(tmp_path / "loss.png"), metric="loss")
+    its, values = loss["ResNet-20"]["train"]
+    assert its[0] == 19 and values[0] == pytest.approx(2.0 - 20 / 400) and values[-1] == pytest.approx(1.0)
+    assert loss["ResNet-20"]["test"] == ([], [])
+    assert (tmp_path / "loss.png").stat().st_size > 10_000
+    with pytest.raises(ValueError, match="metric must be one of"):
+        plot_curves.plot_runs([str(run)], ["r"], str(tmp_path / "x.png"), metric="f1")
