@@ -137,20 +137,6 @@ class CifarResNet(ResNet):
             out = F.relu(out + self.stage_shortcuts[name](x))
         return out
 
-    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """``x``: ``(N, 3, H, W)`` normalised images -> ``{name: (N, C, H/stride, W/stride)}``."""
-        outputs = {}
-        x = self.stem(x)
-        if "stem" in self.out_features:
-            outputs["stem"] = x
-        for name in self.stage_names:
-            x = self.run_stage(name, x)
-            if name in self.out_features:
-                outputs[name] = x
-        if "linear" in self.out_features:
-            outputs["linear"] = self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
-        return outputs
-
 
 @BACKBONE_REGISTRY.register()
 def cifar_resnet(cfg) -> CifarResNet:

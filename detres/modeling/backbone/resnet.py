@@ -315,12 +315,16 @@ class ResNet(Backbone):
         if "stem" in self.out_features:
             outputs["stem"] = x
         for name in self.stage_names:
-            x = getattr(self, name)(x)
+            x = self.run_stage(name, x)
             if name in self.out_features:
                 outputs[name] = x
         if "linear" in self.out_features:
             outputs["linear"] = self.linear(torch.flatten(F.adaptive_avg_pool2d(x, 1), 1))
         return outputs
+
+    def run_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:
+        """Stage ``name`` on its input ``x`` (subclasses add stage-level shortcuts here)."""
+        return getattr(self, name)(x)
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return {name: self._shapes[name] for name in self.out_features}
