@@ -12,7 +12,8 @@ Then, on the same held-out images, rows (each adds to the one above it):
     + box refinement            MODEL.ROI_HEADS.BOX_REFINEMENT.ENABLED (NMS 0.3, box voting)
     + context                   the context model, with refinement
     + multi-scale testing       TEST.MULTI_SCALE: the paper's pyramid scaled to the test size
-    + ensemble of two models    the context and the baseline models, TEST.ENSEMBLE
+    + ensemble of two models    the context and the baseline models, TEST.ENSEMBLE (an ensemble averages
+                                its members' predictions and selects once: no box refinement inside)
 
 each with AP, AP50, AP75 (percent) and the seconds per image of inference (model only, batch of
 ``TEST.IMS_PER_BATCH``). The table is printed and written to ``<output>/ablation.json``.
@@ -34,6 +35,7 @@ from torch import nn  # noqa: E402
 
 from detres.config import ConfigError, load_config  # noqa: E402
 from detres.data.build import build_test_loader, check_datasets  # noqa: E402
+from detres.data.catalog import MetadataCatalog  # noqa: E402
 from detres.evaluation.build import build_evaluator  # noqa: E402
 from detres.evaluation.evaluator import inference_on_dataset  # noqa: E402
 from detres.modeling.meta_arch.build import build_model  # noqa: E402
@@ -102,6 +104,9 @@ def main(argv=None) -> None:
     try:
         cfg = load_config(args.config, args.opts)
         check_datasets(cfg, train=True)
+        if getattr(MetadataCatalog.get(cfg.DATASETS.TEST[0]), "evaluator_type", None) != "coco":
+            raise ConfigError(f"the ablation reports COCO AP, AP50 and AP75: {cfg.DATASETS.TEST[0]} is not a "
+                              "COCO-format dataset")
     except (ConfigError, FileNotFoundError) as e:
         sys.exit(f"ablation.py: error: {e}")
     setup_logger()
@@ -111,7 +116,8 @@ def main(argv=None) -> None:
 
     refine = ["MODEL.ROI_HEADS.BOX_REFINEMENT.ENABLED", "True"]
     scales = multi_scale_opts(cfg.INPUT.MIN_SIZE_TEST)
-    ensemble = ["TEST.ENSEMBLE", repr([[args.config, str(baseline)]])]  # joins the evaluated (context) model
+    # the baseline joins the evaluated (context) model, with the config it was trained with
+    ensemble = ["TEST.ENSEMBLE", repr([[str(baseline.parent / "config.yaml"), str(baseline)]])]
     rows = [
         ("baseline", args.opts, baseline),
         ("+ box refinement", [*args.opts, *refine], baseline),

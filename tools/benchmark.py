@@ -190,8 +190,9 @@ def benchmark_extras(cfg, args) -> Dict[str, Dict[str, float]]:
         model.load_state_dict(base.state_dict())
         detector = build_test_time_model(row_cfg, model.eval())
         with torch.inference_mode():
+            sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
             seconds = median_seconds(lambda: [detector([x]) for x in inputs], args.warmup, args.repeats,
-                                     lambda: None) / len(inputs)
+                                     sync) / len(inputs)
         results[name] = {"s/image": seconds, "ratio": seconds / results["plain"]["s/image"] if results else 1.0}
     return results
 
@@ -216,6 +217,8 @@ def main(argv=None) -> None:
         torch.set_num_threads(args.threads)
     try:
         cfg = load_config(args.config_file, args.opts)
+        if args.extras and args.autocast != "none":
+            raise ConfigError("--extras times the extras in float32; drop --autocast")
         if cfg.MODEL.META_ARCHITECTURE != "FasterRCNN":
             raise ConfigError(f"{args.config_file}: the benchmark compares detectors; "
                               f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE}")

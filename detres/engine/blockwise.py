@@ -79,6 +79,7 @@ def phase_config(cfg, phase: Phase, weights: str):
     if phase.base_lr is not None:
         cfg.SOLVER.MAX_ITER, cfg.SOLVER.BASE_LR = phase.max_iter, phase.base_lr
         cfg.SOLVER.LR_SCHEDULER, cfg.SOLVER.STEPS = "multistep", ()
+        cfg.SOLVER.WARMUP_METHOD, cfg.SOLVER.WARMUP_ITERS = "linear", 0  # a constant rate, no warm-up
     return cfg
 
 

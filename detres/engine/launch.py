@@ -124,6 +124,8 @@ def launch(
         rank = machine_rank * num_processes + index
         raise WorkerFailedError(_describe_failure(context, index, rank, world_size, exit_code), rank,
                                 exit_code) from None
+    finally:
+        raised.close()
     return None
 
 
@@ -150,7 +152,11 @@ def _describe_failure(context: mp.ProcessContext, index: int, rank: int, world_s
         with open(context.error_files[index], "rb") as f:
             return f"{head} failed; {stopped}. Its error:\n{pickle.load(f).strip()}"
     if exit_code < 0:
-        return f"{head} was killed by signal {signal.Signals(-exit_code).name}; {stopped}"
+        try:
+            name = signal.Signals(-exit_code).name
+        except ValueError:  # a signal number Python does not name
+            name = str(-exit_code)
+        return f"{head} was killed by signal {name}; {stopped}"
     return f"{head} exited with code {exit_code}; {stopped}"
 
 

@@ -137,10 +137,10 @@ class Trainer:
 
     def build_hooks(self) -> List[H.HookBase]:
         cfg = self.cfg
-        hooks: List[H.HookBase] = []
+        # the checkpoint first: an evaluation that fails never costs the weights of that iteration
+        hooks: List[H.HookBase] = [H.PeriodicCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD)]
         if len(cfg.DATASETS.TEST):
             hooks.append(H.EvalHook(cfg.TEST.EVAL_PERIOD, lambda: self.test(self.cfg, self.model)))
-        hooks.append(H.PeriodicCheckpointer(cfg.SOLVER.CHECKPOINT_PERIOD))
         if comm.is_main_process():
             hooks.append(H.PeriodicWriter(self.build_writers(), LOG_PERIOD))
         return hooks

@@ -19,9 +19,9 @@ import logging
 from typing import List, Optional, Sequence, Tuple
 
 from detres.config import ConfigError
-from detres.data.catalog import MetadataCatalog
+from detres.data.catalog import DatasetCatalog, MetadataCatalog
 
-__all__ = ["NUM_CLASSES_KEYS", "check_classes", "dataset_class_names", "model_num_classes"]
+__all__ = ["NUM_CLASSES_KEYS", "check_classes", "check_test_datasets", "dataset_class_names", "model_num_classes"]
 
 logger = logging.getLogger(__name__)
 
@@ -81,3 +81,16 @@ def check_classes(cfg, dataset_name: str, checkpoint_names: Optional[Sequence[st
             detail = _first_difference(checkpoint_names, names)
         logger.warning("the checkpoint's class names differ from those of dataset %r (%s): check that both list "
                        "the same classes in the same order", dataset_name, detail)
+
+
+def check_test_datasets(cfg) -> None:
+    """:func:`check_classes` for every dataset of ``DATASETS.TEST``, before a model is built or trained:
+    a mismatch found only at the end of training would cost the run. A dataset whose class names come
+    with its records (a COCO json, ImageNet folders) is loaded for it."""
+    from detres.data.build import register_from_config
+
+    register_from_config(cfg)
+    for name in cfg.DATASETS.TEST:
+        if dataset_class_names([name]) is None:
+            DatasetCatalog.get(name)
+        check_classes(cfg, name)

@@ -6,7 +6,8 @@ writes the devkit's result files into its output folder and scores them with ``e
 function of (ground-truth records, per-class detections) that ``tools/evaluate.py`` also runs on
 result files.
 
-Conventions (VOCdevkit ``VOCevaldet``; py-faster-rcnn's ``voc_eval``):
+Conventions (py-faster-rcnn's ``voc_eval``, as Detectron2; the MATLAB devkit's ``VOCevaldet`` differs
+only in counting an IoU exactly at the threshold as a match, ``>=``):
 
 * per class, detections are ranked by score (ties keep their order); each is matched to the object of
   its class in its image with the largest IoU. It is a true positive when that IoU is > the threshold
@@ -24,7 +25,8 @@ Metrics (percent), in this order (``TEST.VOC_METRIC`` picks which metric comes f
 ``mAP_11point`` and ``mAP_area`` (mean AP over classes at IoU 0.5), ``AP`` (``mAP_area`` averaged
 over IoU 0.50, 0.55, ..., 0.95, the COCO-style number Detectron2 reports; Detectron2 uses the
 11-point metric for it on VOC2007), ``AP75`` (``mAP_area`` at IoU 0.75), then per class
-``AP_11point-<class>`` and ``AP_area-<class>`` at IoU 0.5. ``mAP_area`` is Detectron2's "AP50".
+``AP_11point-<class>`` and ``AP_area-<class>`` at IoU 0.5. Detectron2's "AP50" is ``mAP_11point`` on
+VOC2007 and ``mAP_area`` on VOC2012.
 
 Result files: ``comp4_det_<split>_<class>.txt`` (e.g. ``comp4_det_test_aeroplane.txt``), one line per
 detection ``<image id> <score> <x1> <y1> <x2> <y2>`` in VOC 1-based pixel-inclusive coordinates.

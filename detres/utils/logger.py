@@ -10,6 +10,8 @@ import os
 import sys
 from typing import Optional
 
+from detres.utils.file_io import WriteError, make_dirs
+
 __all__ = ["setup_logger"]
 
 _FORMAT = "[%(asctime)s %(name)s %(levelname)s] %(message)s"
@@ -39,8 +41,12 @@ def setup_logger(output_dir: Optional[str] = None, rank: int = 0, name: str = "d
     logger.addHandler(console)
 
     if output_dir and rank == 0:
-        os.makedirs(output_dir, exist_ok=True)
-        file_handler = logging.FileHandler(os.path.join(output_dir, "log.txt"))
+        make_dirs(output_dir)
+        path = os.path.join(output_dir, "log.txt")
+        try:
+            file_handler = logging.FileHandler(path)
+        except OSError as e:  # e.g. an existing folder this user may not write to
+            raise WriteError.about(path, e, action="open") from e
         file_handler.setLevel(logging.DEBUG)
         file_handler.setFormatter(logging.Formatter(_FORMAT, datefmt=_DATEFMT))
         logger.addHandler(file_handler)

@@ -161,7 +161,7 @@ def test_worker_errors_print_as_one_line():
                '  File "x.py", line 1, in f\ndetres.data.build.DatasetFormatError: a.json: images[0] (id 1): bad')
     assert str(DatasetFormatError(message)) == "a.json: images[0] (id 1): bad"
     assert str(DatasetFormatError("a.json: bad: x")) == "a.json: bad: x"
-    assert isinstance(ImageReadError("x"), (DatasetError, OSError))
+    assert isinstance(ImageReadError("x"), DatasetError) and isinstance(ImageReadError("x"), OSError)
 
 
 @pytest.mark.parametrize("num_gpus", [1, 2])
@@ -177,8 +177,8 @@ def test_train_net_prints_one_line_and_exits_1(tmp_path, run_tool, num_gpus):
     assert "Traceback" not in proc.stderr, proc.stderr
     lines = [x for x in proc.stderr.splitlines() if x.startswith("error:")]
     expected = f"error: {tmp_path / 'ann.json'}: images[1] (id 7): the id is repeated (first at images[0])"
-    assert lines[:num_gpus] == [expected] * num_gpus  # every process found the bad record
-    if num_gpus == 2:
-        assert len(lines) == 3 and "exited with code 1; the other processes were stopped" in lines[2]
+    if num_gpus == 2:  # the first process to fail stops the other, which may not have printed yet
+        assert lines[0] == expected and len(lines) in (2, 3) and set(lines[:-1]) == {expected}, lines
+        assert "exited with code 1; the other processes were stopped" in lines[-1]
     else:
-        assert len(lines) == 1
+        assert lines == [expected]

@@ -137,3 +137,16 @@ def test_class_agnostic_regression():
     )
     assert losses["loss_box_reg"].item() == pytest.approx(0.0, abs=1e-6)  # the deltas hit the target exactly
     assert losses["loss_cls"].item() == pytest.approx(-torch.tensor([2.0, 2.0, 0.0, 0.0]).log_softmax(0)[1].item())
+
+
+@pytest.mark.parametrize("options", [{}, {"BOX_REFINEMENT": {"ENABLED": True}}])
+def test_a_batch_without_proposals_gives_empty_detections(options):
+    cfg = _cfg(18, 32)
+    cfg.merge_from_dict({"MODEL": {"ROI_HEADS": options}})
+    heads = build_roi_heads(cfg, {"res4": ShapeSpec(128, 16)}).eval()
+    features, _, _ = _inputs(128)
+    empty = [{"boxes": torch.zeros(0, 4), "logits": torch.zeros(0)} for _ in IMAGE_SIZES]
+    with torch.no_grad():
+        detections, _ = heads(IMAGE_SIZES, features, empty)
+    assert [len(d["boxes"]) for d in detections] == [0, 0]
+    assert detections[0]["boxes"].shape == (0, 4) and detections[0]["classes"].dtype == torch.int64

@@ -98,7 +98,7 @@ class _StubHeads(nn.Module):
 def test_multi_scale_region_features_maxout_of_the_pair():
     heads = _StubHeads()
     values, ratios = (5.0, 1.0, 3.0), (0.5, 1.0, 2.0)
-    levels = [PyramidLevel(torch.full((2, 1, 4, 4), v), [(100, 100)] * 2, torch.full((2, 2), r))
+    levels = [PyramidLevel(torch.full((2, 1, 4, 4), v), torch.full((2, 2), r))
               for v, r in zip(values, ratios)]
     base = torch.zeros(2, 1, 4, 4)
     fn = MultiScaleRegionFeatures(heads, levels, base, [(100, 100)] * 2, target_size=50)

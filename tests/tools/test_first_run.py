@@ -11,7 +11,9 @@ from tests.engine.test_train_net import TINY
 @pytest.fixture
 def train_net(load_tool):
     yield load_tool("train_net")
-    logging.getLogger("detres").handlers.clear()
+    for handler in list(logging.getLogger("detres").handlers):
+        logging.getLogger("detres").removeHandler(handler)
+        handler.close()
 
 
 def test_console_shows_a_summary_and_the_folder_keeps_the_rest(tmp_path, train_net, capsys):

@@ -32,6 +32,7 @@ def test_quickstart_generates_trains_evaluates_and_draws(quickstart_run):
     assert (out / "model_final.pth").is_file()
 
 
+@pytest.mark.slow
 def test_the_quickstart_model_on_an_80_class_dataset_is_refused(quickstart_run, coco128_dir, run_tool, tmp_path):
     """The 6-class quickstart model evaluated on coco128 (80 classes) used to score its classes as COCO
     ids 1-6 silently; now it is one config error naming both numbers, and no output folder is left."""
@@ -48,6 +49,7 @@ def test_the_quickstart_model_on_an_80_class_dataset_is_refused(quickstart_run, 
     assert not out.exists()
 
 
+@pytest.mark.slow
 def test_demo_names_the_quickstart_detections_from_its_checkpoint(quickstart_run, run_tool, tmp_path):
     """tools/demo.py with the trained quickstart model and no dataset at all: the labels come from the
     class names the checkpoint records."""

@@ -10,8 +10,8 @@ both counts are logged and kept in the metadata as ``box_stats``.
 
 ``load_coco_api`` (used by training and evaluation alike) checks the file before pycocotools indexes it:
 
-* errors (``DatasetFormatError`` naming the file and the record, e.g. ``annotation id 12
-  (annotations[3])``): a file that is not UTF-8 json (or is truncated) or lacks ``images`` or
+* errors (``DatasetFormatError`` naming the file and the record, e.g. ``ann.json: annotations[3]
+  (id 12): ...``): a file that is not UTF-8 json (or is truncated) or lacks ``images`` or
   ``categories`` (an image-info file without ``annotations``, e.g. test-dev's, gives records without
   boxes); a record that is not an object or misses a required field
   (images: ``id``, ``file_name``, ``height``, ``width``; annotations: ``id``, ``image_id``,

@@ -129,7 +129,7 @@ class BoxPredictor(nn.Module):
         probabilities ``(R_i, K + 1)`` (background last), float32."""
         scores, deltas = predictions
         boxes = self.box_coder.decode(deltas, torch.cat(proposal_boxes))
-        boxes = boxes.reshape(len(boxes), -1, 4).expand(-1, self.num_classes, 4)
+        boxes = boxes.reshape(-1, deltas.shape[1] // 4, 4).expand(-1, self.num_classes, 4)  # also 0 proposals
         probs = F.softmax(scores.float(), dim=-1)
         counts = [len(b) for b in proposal_boxes]
         return list(boxes.split(counts)), list(probs.split(counts))

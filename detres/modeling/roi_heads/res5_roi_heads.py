@@ -40,8 +40,9 @@ class Res5ROIHeads(nn.Module):
     All images' regions go through the pooler and res5 as one batch.
 
     Region features come from one function per batch (:meth:`region_features_fn`: pool on the res4
-    map, res5, average pool, then :meth:`predictor_inputs`), so test-time extras can pool again
-    (box refinement) or from other maps (multi-scale testing) through :meth:`inference`.
+    map, res5, average pool, with global context the whole-image boxes in the same pass), so test-time
+    extras can pool again (box refinement) or from other maps (multi-scale testing, which adds the
+    context to its merged region features through :meth:`predictor_inputs`) through :meth:`inference`.
 
     Options composed from the config: ``MODEL.ROI_BOX_HEAD.GLOBAL_CONTEXT`` (:class:`GlobalContext`,
     the predictor's input width doubles) and ``MODEL.ROI_HEADS.BOX_REFINEMENT.ENABLED``

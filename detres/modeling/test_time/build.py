@@ -3,10 +3,12 @@
 Composition, inside out: each detector (the model, and every ``TEST.ENSEMBLE`` member) is
 multi-scale with ``TEST.MULTI_SCALE.ENABLED``; with ``TEST.ENSEMBLE`` the model and the members form
 one :class:`EnsembleDetector`; ``TEST.FLIP`` wraps the result. With none of them on, the model is
-returned unchanged (so classification models pass through).
+returned unchanged (so classification models pass through). An ensemble averages its members'
+predictions and selects once, without box refinement (a warning says so when both are set).
 """
 from __future__ import annotations
 
+import logging
 from typing import List, Tuple
 
 from torch import nn
@@ -19,6 +21,8 @@ from detres.modeling.test_time.flip import FlipDetector
 from detres.modeling.test_time.multi_scale import MultiScaleDetector
 
 __all__ = ["build_test_time_model", "ensemble_pairs"]
+
+logger = logging.getLogger(__name__)
 
 
 def ensemble_pairs(cfg) -> List[Tuple[str, str]]:
@@ -49,6 +53,9 @@ def build_test_time_model(cfg, model: nn.Module) -> nn.Module:
                           f"got {type(model).__name__}")
     detector: nn.Module = _regions_detector(cfg, model)
     if members:
+        if cfg.MODEL.ROI_HEADS.BOX_REFINEMENT.ENABLED:
+            logger.warning("TEST.ENSEMBLE averages the members' predictions and selects once: box refinement "
+                           "(MODEL.ROI_HEADS.BOX_REFINEMENT) is not applied inside the ensemble")
         others = [_regions_detector(cfg, load_member(c, w, model.device)) for c, w in members]
         detector = EnsembleDetector([detector, *others], cfg.MODEL.RPN.NMS_THRESH, cfg.MODEL.RPN.POST_NMS_TOPK_TEST)
     if test.FLIP:

@@ -82,11 +82,10 @@ def pyramid_images(x: dict, sizes: Sequence[int], max_size: int, image_format: s
 
 @dataclass
 class PyramidLevel:
-    """One scale of a batch: the RoI head's input map ``(N, C, H, W)``, the images' sizes before
-    padding, and per image ``(W_s / W_base, H_s / H_base)`` (``(N, 2)``), the factors from base pixels."""
+    """One scale of a batch: the RoI head's input map ``(N, C, H, W)`` and per image
+    ``(W_s / W_base, H_s / H_base)`` (``(N, 2)``), the factors from base pixels."""
 
     feature: torch.Tensor
-    image_sizes: List[ImageSize]
     ratios: torch.Tensor
 
 
@@ -170,7 +169,7 @@ class MultiScaleDetector(SingleScaleDetector):
                     scale_proposals.append(self._proposals_at(features, sizes, base_sizes))
             ratios = torch.tensor([[w / bw, h / bh] for (h, w), (bh, bw) in zip(sizes, base_sizes)],
                                   dtype=torch.float32, device=model.device)
-            levels.append(PyramidLevel(features[in_feature], sizes, ratios))
+            levels.append(PyramidLevel(features[in_feature], ratios))
         if len(scale_proposals) > 1:
             rpn = model.proposal_generator
             proposals = [merge_proposals(per_image, rpn.nms_thresh, rpn.post_nms_topk[False])
