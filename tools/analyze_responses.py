@@ -48,7 +48,9 @@ def model_responses(config: str, weights: str, dataset: str, max_images: int,
 
     cfg = load_config(config, [*opts, "MODEL.DEVICE", "cpu"])
     model = build_model(cfg)
-    Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False).resume_or_load(weights, resume=False)
+    # the class layers must fit too: responses of a partly random network would mean nothing
+    Checkpointer(model, cfg.OUTPUT_DIR, save_to_disk=False).resume_or_load(weights, resume=False,
+                                                                           require_class_layers=True)
     return layer_responses(model, _image_batches(cfg, dataset, max_images))
 
 
@@ -101,9 +103,13 @@ def main(argv: Optional[List[str]] = None) -> None:
     if len(args.models) % 2:
         parser.error(f"--models takes CONFIG WEIGHTS pairs, got {len(args.models)} values")
     pairs = list(zip(args.models[::2], args.models[1::2]))
-    labels = args.labels or [Path(cfg).stem for cfg, _ in pairs]
+    stems = [Path(cfg).stem for cfg, _ in pairs]  # train_net's copies are all "config": take the run folder
+    labels = args.labels or [Path(cfg).parent.name if stems.count(Path(cfg).stem) > 1 else Path(cfg).stem
+                             for cfg, _ in pairs]
     if len(labels) != len(pairs):
         parser.error(f"{len(pairs)} models but {len(labels)} labels")
+    if len(set(labels)) != len(labels):
+        parser.error(f"labels must differ, got {labels} (give --labels)")
     opts = args.opts[1:] if args.opts[:1] == ["--"] else args.opts
     models = [(label, cfg, weights) for label, (cfg, weights) in zip(labels, pairs)]
     try:

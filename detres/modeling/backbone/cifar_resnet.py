@@ -122,10 +122,11 @@ class CifarResNet(ResNet):
     def freeze(self, freeze_at: int) -> "CifarResNet":
         """:meth:`ResNet.freeze`, also freezing the stage shortcuts of the frozen stages."""
         super().freeze(freeze_at)
+        shortcuts = getattr(self, "stage_shortcuts", None)  # None while ResNet.__init__ calls this
         for name in self.stage_names[: max(freeze_at - 1, 0)]:
-            if self.stage_shortcuts is not None:
-                self.stage_shortcuts[name].requires_grad_(False)
-                freeze_batchnorm(self.stage_shortcuts[name])  # a projection's norm is replaced in place
+            if shortcuts is not None:
+                shortcuts[name].requires_grad_(False)
+                freeze_batchnorm(shortcuts[name])  # a projection's norm is replaced in place
         return self
 
     def run_stage(self, name: str, x: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,13 @@
 * :class:`ImageClassifier` (``MODEL.META_ARCHITECTURE: ImageClassifier``): the same network with the
   trainer's interface -- a list of dicts with uint8 images in, a loss or softmax scores out. It adds
   no parameters, so both classes have the same state-dict names (``backbone.*``, ``pixel_mean_image``)
-  and checkpoints of either load into the other.
+  and checkpoints of either load into the other. A state dict does not record the input convention
+  (style, channel order, mean/std): loading one with ``create_model`` warns and uses the defaults
+  unless they are given again (torchvision files are recognised and get theirs).
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
@@ -25,6 +28,8 @@ from detres.modeling.backbone.backbone import Backbone
 from detres.modeling.backbone.build import backbone_cfg, build_backbone, parse_backbone_name
 from detres.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detres.utils.events import get_event_storage
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["ClassificationTransform", "ImageClassifier", "ResNetClassifier", "as_rgb_image", "create_model",
            "create_transform", "normalize_images"]
@@ -275,7 +280,13 @@ def _weights_conventions(weights: str) -> Dict[str, Any]:
     from detres.modeling.weight_import import read_checkpoint, resolve
 
     fmt, _ = read_checkpoint(resolve(weights))
-    return dict(_TORCHVISION_INPUT) if fmt == "torchvision" else {}
+    if fmt == "torchvision":
+        return dict(_TORCHVISION_INPUT)
+    if fmt == "detres":
+        logger.warning("%s is a detres state dict, which does not record the input convention it was trained "
+                       "with: the defaults (msra style, BGR, Caffe mean/std) are used unless given, e.g. "
+                       "style='pytorch', input_format='RGB', pixel_mean=..., pixel_std=...", weights)
+    return {}
 
 
 def create_model(
