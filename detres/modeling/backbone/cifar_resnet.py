@@ -33,6 +33,7 @@ from detres.modeling.backbone.resnet import (
     init_weights,
     make_stage,
     num_stages_needed,
+    option_a_shortcut,
 )
 from detres.modeling.norm import freeze_batchnorm
 
@@ -65,10 +66,7 @@ class OptionAShortcut(nn.Module):
         self.in_channels, self.out_channels, self.stride = in_channels, out_channels, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.stride != 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        extra = self.out_channels - self.in_channels
-        return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
+        return option_a_shortcut(x, self.out_channels, self.stride)
 
 
 def stage_shortcut(in_channels: int, out_channels: int, stride: int, option: str, norm: NormSpec) -> nn.Module:

@@ -43,6 +43,7 @@ __all__ = [
     "init_weights",
     "make_stage",
     "num_stages_needed",
+    "option_a_shortcut",
     "resnet",
     "resnet_stage_specs",
 ]
@@ -102,6 +103,15 @@ class BasicStem(nn.Module):
         return F.max_pool2d(x, kernel_size=3, stride=2, padding=1)
 
 
+def option_a_shortcut(x: torch.Tensor, out_channels: int, stride: int) -> torch.Tensor:
+    """The paper's parameter-free option A: ``(N, C_in, H, W)`` -> ``(N, out_channels, ceil(H/s), ceil(W/s))``,
+    every ``stride``-th pixel kept and ``out_channels - C_in`` zero channels appended."""
+    if stride != 1:
+        x = x[:, :, ::stride, ::stride]
+    extra = out_channels - x.shape[1]
+    return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
+
+
 class _ResidualBlock(nn.Module):
     """Common shortcut logic: ``relu(residual(x) + shortcut(x))``, or ``relu(residual(x))`` when plain.
 
@@ -134,10 +144,7 @@ class _ResidualBlock(nn.Module):
         """The shortcut branch: projection, identity, or option A's subsample + zero padding."""
         if self.shortcut is not None:
             return self.shortcut(x)
-        if self.stride != 1:
-            x = x[:, :, :: self.stride, :: self.stride]
-        extra = self.out_channels - self.in_channels
-        return F.pad(x, (0, 0, 0, 0, 0, extra)) if extra else x
+        return option_a_shortcut(x, self.out_channels, self.stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.residual(x)
