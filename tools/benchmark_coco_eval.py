@@ -93,9 +93,9 @@ def main(argv: Optional[List[str]] = None) -> dict:
         metrics[backend] = evaluate_coco(coco_gt, results, source="generated", backend=backend)
         timings[backend] = time.perf_counter() - start
         print(f"{backend:>17}: {timings[backend]:8.2f} s   AP {metrics[backend]['AP']:.3f}")
-    a, b = (list(metrics[k].values()) for k in COCO_EVAL_BACKENDS)
-    agree = len(a) == len(b) and all(math.isclose(x, y, rel_tol=0.0, abs_tol=1e-9) or (math.isnan(x) and math.isnan(y))
-                                     for x, y in zip(a, b))
+    a, b = (metrics[k] for k in COCO_EVAL_BACKENDS)
+    agree = a.keys() == b.keys() and all(
+        math.isclose(a[k], b[k], rel_tol=0.0, abs_tol=1e-9) or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
     ratio = timings["pycocotools"] / timings["faster_coco_eval"]
     print(f"speed-up: {ratio:.1f}x; the {len(COCO_METRICS)} numbers and per-category AP "
           f"{'agree to 1e-9' if agree else 'DIFFER'}")
