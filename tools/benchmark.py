@@ -18,6 +18,16 @@ statistics computed on the benchmark images (``calibrate_norm_statistics``) so t
 propose a realistic number of regions, and training steps use lr 0 so that they cannot diverge
 while they are timed.
 
+``--options`` times detres alone with each speed option added in turn to the plain path (no option):
+batch norm folded into the convolutions (``MODEL.FOLD_NORM``), channels-last memory
+(``MODEL.CHANNELS_LAST``), ``torch.compile`` (``MODEL.COMPILE``) and bfloat16 autocast (``TEST.AMP``
+/ ``SOLVER.AMP``): inference s/image and training s/iteration, the ratio to plain, and how many of
+the plain path's detections each option reproduces (same class, IoU > 0.99, score within 1e-3).
+
+``--data`` times the training data loader (``DATALOADER.NUM_WORKERS`` workers, and the main process
+alone, i.e. one worker's throughput) in images/s next to the model's training images/s, so that
+one sees whether the loader can keep up.
+
 ``--extras`` times instead the test-time extras of the paper's COCO system on the same detres model
 and images, each alone and all together (box refinement, multi-scale testing with the config's
 ``TEST.MULTI_SCALE`` pyramid, flip), next to the plain model: seconds per image and the ratio to plain.
@@ -40,6 +50,7 @@ import torchvision  # noqa: E402
 
 from detres.config import ConfigError, load_config  # noqa: E402
 from detres.data.build import build_test_loader, register_from_config  # noqa: E402
+from detres.engine.trainer import amp_dtype, autocast  # noqa: E402
 from detres.modeling.meta_arch.build import build_model  # noqa: E402
 from detres.modeling.test_time import build_test_time_model  # noqa: E402
 from detres.modeling.weight_import import load_weights  # noqa: E402
@@ -85,6 +96,10 @@ def calibrate_norm_statistics(model: torch.nn.Module, model_inputs: tuple) -> No
 
     layers = [m for m in model.modules() if isinstance(getattr(m, "running_var", None), torch.Tensor)]
     handles = [m.register_forward_pre_hook(set_statistics) for m in layers]
+    # A norm folded into its convolution never runs: unfold while calibrating.
+    folded = [m for m in model.modules() if getattr(m, "fold_norm", False)]
+    for m in folded:
+        m.fold_norm = False
     model.eval()
     try:
         with torch.inference_mode():
@@ -92,6 +107,8 @@ def calibrate_norm_statistics(model: torch.nn.Module, model_inputs: tuple) -> No
     finally:
         for handle in handles:
             handle.remove()
+        for m in folded:
+            m.fold_norm = True
 
 
 def torchvision_inputs(inputs: List[dict], input_format: str) -> List[torch.Tensor]:
@@ -164,6 +181,101 @@ def benchmark(cfg, args) -> Dict[str, Dict[str, float]]:
     return results
 
 
+SPEED_OPTIONS = {
+    "plain (no option)": ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False"],
+    "+ fold norm": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "False"],
+    "+ channels-last": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "True"],
+    "+ torch.compile": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "True", "MODEL.COMPILE", "default"],
+    "+ bf16 autocast": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "True", "TEST.AMP.ENABLED", "True",
+                        "SOLVER.AMP.ENABLED", "True"],
+}
+
+
+def benchmark_options(cfg, args) -> Dict[str, Dict[str, float]]:
+    """Inference s/image and training s/iteration of the plain path and of each speed option, same
+    weights and images; ``ratio``: time relative to plain; ``matched``: fraction of the plain path's
+    detections reproduced (minimum over the images)."""
+    from tools.d2_golden_parity import matched_fraction
+
+    inputs = load_inputs(cfg, max(args.images, cfg.SOLVER.IMS_PER_BATCH))
+    test_inputs, train_inputs = inputs[: args.images], inputs[: cfg.SOLVER.IMS_PER_BATCH]
+    device = torch.device(args.device)
+    base = build_model(cfg).to(device)
+    if cfg.MODEL.WEIGHTS:
+        load_weights(base, cfg.MODEL.WEIGHTS)
+    else:
+        calibrate_norm_statistics(base, (inputs,))
+    results: Dict[str, Dict[str, float]] = {}
+    reference = None
+    for name, opts in SPEED_OPTIONS.items():
+        row_cfg = cfg.clone()
+        row_cfg.defrost()
+        row_cfg.merge_from_list(opts)
+        model = build_model(row_cfg).to(device)
+        model.load_state_dict(base.state_dict())
+        model.eval()
+        with torch.inference_mode(), autocast(amp_dtype(row_cfg.TEST.AMP, device, "TEST.AMP"), device):
+            outputs = [model([x])[0] for x in test_inputs]
+            seconds = median_seconds(lambda: [model([x]) for x in test_inputs], args.warmup, args.repeats,
+                                     _sync(device)) / len(test_inputs)
+        reference = reference or outputs
+        matched = min(matched_fraction(r["boxes"], o["boxes"].float(), r["classes"], o["classes"], r["scores"],
+                                       o["scores"].float()) for r, o in zip(reference, outputs))
+        row = {"inference s/image": seconds, "matched": matched}
+        if not args.skip_training:
+            row["training s/iter"] = time_training(model, train_inputs, amp_dtype(row_cfg.SOLVER.AMP, device), args)
+        plain = results.get("plain (no option)", row)
+        row.update({f"{k} ratio": row[k] / plain[k] for k in ("inference s/image", "training s/iter") if k in row})
+        results[name] = row
+    return results
+
+
+def time_training(model: torch.nn.Module, batch: List[dict], dtype, args) -> float:
+    """Median seconds of a training iteration (forward, backward, SGD step with lr 0) on ``batch``."""
+    device = next(model.parameters()).device
+    model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
+
+    def step() -> None:
+        with autocast(dtype, device):
+            losses = model(batch)
+        optimizer.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        optimizer.step()
+    return median_seconds(step, args.warmup, args.repeats, _sync(device))
+
+
+def benchmark_data(cfg, args) -> Dict[str, float]:
+    """Training loader images/s with ``DATALOADER.NUM_WORKERS`` workers and in the main process (one
+    worker's throughput), next to the model's training images/s on batches of the same loader."""
+    from detres.data.build import build_train_loader
+
+    def images_per_second(loader_cfg) -> float:
+        batches = iter(build_train_loader(loader_cfg))
+        for _ in range(args.warmup):
+            next(batches)
+        start, images = time.perf_counter(), 0
+        for _ in range(args.batches):
+            images += len(next(batches))
+        return images / (time.perf_counter() - start)
+
+    workers = cfg.DATALOADER.NUM_WORKERS
+    single = cfg.clone()
+    single.defrost()
+    single.DATALOADER.NUM_WORKERS = 0
+    results = {f"loader, {workers} workers": images_per_second(cfg) if workers else None,
+               "loader, main process (one worker)": images_per_second(single)}
+    model = build_model(cfg)
+    batch = next(iter(build_train_loader(single)))
+    seconds = time_training(model, batch, amp_dtype(cfg.SOLVER.AMP, torch.device(args.device)), args)
+    results["model training"] = len(batch) / seconds
+    return {k: v for k, v in results.items() if v is not None}
+
+
+def _sync(device: torch.device) -> Callable[[], None]:
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
 EXTRAS = {
     "+ box refinement": ["MODEL.ROI_HEADS.BOX_REFINEMENT.ENABLED", "True"],
     "+ multi-scale testing": ["TEST.MULTI_SCALE.ENABLED", "True"],
@@ -211,6 +323,10 @@ def main(argv=None) -> None:
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     parser.add_argument("--extras", action="store_true",
                         help="time the paper's test-time extras (refinement, multi-scale, flip) against the plain model")
+    parser.add_argument("--options", action="store_true",
+                        help="time each speed option (fold norm, channels-last, compile, bf16) against the plain path")
+    parser.add_argument("--data", action="store_true", help="time the training loader next to the model")
+    parser.add_argument("--batches", type=int, default=20, help="--data: timed loader batches (default 20)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     args = parser.parse_args(argv)
     if args.threads:
@@ -219,20 +335,40 @@ def main(argv=None) -> None:
         cfg = load_config(args.config_file, args.opts)
         if args.extras and args.autocast != "none":
             raise ConfigError("--extras times the extras in float32; drop --autocast")
-        if cfg.MODEL.META_ARCHITECTURE != "FasterRCNN":
+        if cfg.MODEL.META_ARCHITECTURE != "FasterRCNN" and not args.data:
             raise ConfigError(f"{args.config_file}: the benchmark compares detectors; "
                               f"MODEL.META_ARCHITECTURE is {cfg.MODEL.META_ARCHITECTURE}")
         cfg.defrost()
-        cfg.MODEL.DEVICE, cfg.TEST.IMS_PER_BATCH, cfg.DATALOADER.NUM_WORKERS = args.device, 1, 0
+        cfg.MODEL.DEVICE, cfg.TEST.IMS_PER_BATCH = args.device, 1
+        if not args.data:
+            cfg.DATALOADER.NUM_WORKERS = 0
         cfg.freeze()
         register_from_config(cfg)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         sys.exit(2)
     torch.manual_seed(0)
-    results = benchmark_extras(cfg, args) if args.extras else benchmark(cfg, args)
+    if sum((args.extras, args.options, args.data)) > 1:
+        parser.error("choose one of --extras, --options, --data")
+    if args.data:
+        results = benchmark_data(cfg, args)
+    elif args.options:
+        results = benchmark_options(cfg, args)
+    else:
+        results = benchmark_extras(cfg, args) if args.extras else benchmark(cfg, args)
     if args.json:
         print(json.dumps(results, indent=2))
+    elif args.data:
+        for name, images_per_s in results.items():
+            print(f"{name:36s} {images_per_s:8.1f} images/s")
+    elif args.options:
+        print(f"{'':20s} {'inference s/img':>15s} {'/ plain':>8s} {'training s/it':>14s} {'/ plain':>8s} "
+              f"{'same detections':>16s}")
+        for name, r in results.items():
+            train = (f"{r['training s/iter']:14.4f} {r['training s/iter ratio']:7.2f}x" if "training s/iter" in r
+                     else f"{'-':>14s} {'-':>8s}")
+            print(f"{name:20s} {r['inference s/image']:15.4f} {r['inference s/image ratio']:7.2f}x {train} "
+                  f"{r['matched']:15.1%}")
     elif args.extras:
         print(f"{'inference':24s} {'s/image':>10s} {'/ plain':>8s}")
         for name, r in results.items():

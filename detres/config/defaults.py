@@ -27,6 +27,12 @@ _C.MODEL.PIXEL_STD = [1.0, 1.0, 1.0]
 # Keep conv weights (hence activations) in channels-last memory order: same results, faster oneDNN
 # (CPU) and tensor-core (GPU) convolutions for the detectors (tools/benchmark.py measures it).
 _C.MODEL.CHANNELS_LAST = False
+# Fold batch norm into the preceding convolution whenever it is a fixed affine map (frozen BN, BN in
+# eval mode): same outputs within float rounding, two fewer passes over each conv output.
+_C.MODEL.FOLD_NORM = True
+# torch.compile the backbone and the RoI head's per-region network ("" off, or a mode: "default",
+# "reduce-overhead", "max-autotune"); the first batches are slow while it compiles.
+_C.MODEL.COMPILE = ""
 
 _C.MODEL.BACKBONE = CN()
 # Registry name of the backbone builder: "resnet" (ImageNet family) or "cifar_resnet".
@@ -247,7 +253,7 @@ _C.SOLVER.CHECKPOINT_PERIOD = 5000
 _C.SOLVER.CLIP_GRADIENTS = 0.0
 _C.SOLVER.AMP = CN()
 _C.SOLVER.AMP.ENABLED = False
-_C.SOLVER.AMP.DTYPE = "bfloat16"  # or "float16" (uses a grad scaler)
+_C.SOLVER.AMP.DTYPE = "bfloat16"  # or "float16" (uses a grad scaler; GPU only). bfloat16 also on CPU
 # Block-wise ("partial") training of a CIFAR ResNet (detres.engine.blockwise): one phase per stage.
 # ORDER "top_down" starts with res2 (nearest the input) and adds res3 then res4; "bottom_up" starts
 # with res4. Phase k < last trains PHASE_ITERS[k] iterations at the constant rate PHASE_LRS[k]; the
@@ -264,6 +270,11 @@ _C.SOLVER.BLOCKWISE.LAMBDA = 1.0
 _C.TEST = CN()
 # Evaluate every EVAL_PERIOD iterations (0: only at the end).
 _C.TEST.EVAL_PERIOD = 0
+# Inference under torch.autocast (bfloat16 on CPU or GPU, float16 on GPU): faster where the processor has
+# bf16 units; detections change within the precision of bf16 (tools/benchmark.py --options reports both).
+_C.TEST.AMP = CN()
+_C.TEST.AMP.ENABLED = False
+_C.TEST.AMP.DTYPE = "bfloat16"
 _C.TEST.IMS_PER_BATCH = 8
 # Classification test: "center" (single crop), "ten_crop", "multi_scale" (fully convolutional,
 # scores averaged over MULTI_SCALE_SIZES shorter sides).

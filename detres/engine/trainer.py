@@ -53,18 +53,25 @@ _NO_BUFFER_SYNC = (
 )
 
 
-def _amp_dtype(cfg, device: torch.device) -> Optional[torch.dtype]:
-    if not cfg.SOLVER.AMP.ENABLED:
+def amp_dtype(amp, device: torch.device, key: str = "SOLVER.AMP") -> Optional[torch.dtype]:
+    """The autocast dtype of an ``AMP`` config node (``SOLVER.AMP`` or ``TEST.AMP``) on ``device``, or
+    None (float32). bfloat16 runs on CPU and GPU; float16 needs a GPU (on CPU: a warning, float32)."""
+    if not amp.ENABLED:
         return None
     dtypes = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-    if cfg.SOLVER.AMP.DTYPE not in dtypes:
+    if amp.DTYPE not in dtypes:
         from detres.config import ConfigError
 
-        raise ConfigError(f"SOLVER.AMP.DTYPE must be bfloat16 or float16, got {cfg.SOLVER.AMP.DTYPE!r}")
-    if device.type != "cuda":
-        logger.warning(f"SOLVER.AMP.ENABLED needs a GPU; the model is on {device}: training in float32")
+        raise ConfigError(f"{key}.DTYPE must be bfloat16 or float16, got {amp.DTYPE!r}")
+    if device.type != "cuda" and amp.DTYPE == "float16":
+        logger.warning(f"{key}.DTYPE float16 needs a GPU; the model is on {device}: running in float32")
         return None
-    return dtypes[cfg.SOLVER.AMP.DTYPE]
+    return dtypes[amp.DTYPE]
+
+
+def autocast(dtype: Optional[torch.dtype], device: torch.device):
+    """``torch.autocast`` with ``dtype`` on ``device``'s type, or a no-op context when ``dtype`` is None."""
+    return torch.autocast(device.type, dtype=dtype) if dtype else nullcontext()
 
 
 class Trainer:
@@ -81,7 +88,7 @@ class Trainer:
         self.device = resolve_device(cfg.MODEL.DEVICE)
         self.optimizer = build_optimizer(cfg, model)
         self.scheduler = build_lr_scheduler(cfg, self.optimizer)
-        self.amp_dtype = _amp_dtype(cfg, self.device)
+        self.amp_dtype = amp_dtype(cfg.SOLVER.AMP, self.device)
         self.grad_scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         if world > 1:
             ids = [comm.get_local_rank()] if self.device.type == "cuda" else None
@@ -128,11 +135,14 @@ class Trainer:
         number of classes is a ``ConfigError``); ``class_names`` are those its checkpoint records.
         """
         model = build_test_time_model(cfg, unwrap_model(model))
+        device = next(model.parameters()).device
+        dtype = amp_dtype(cfg.TEST.AMP, device, "TEST.AMP")
         results: "OrderedDict[str, dict]" = OrderedDict()
         for name in cfg.DATASETS.TEST:
             loader = cls.build_test_loader(cfg, name)  # loads the records: lazily known class names are known now
             check_classes(cfg, name, class_names)
-            results[name] = inference_on_dataset(model, loader, cls.build_evaluator(cfg, name)) or {}
+            with autocast(dtype, device):
+                results[name] = inference_on_dataset(model, loader, cls.build_evaluator(cfg, name)) or {}
         return results
 
     def build_hooks(self) -> List[H.HookBase]:
@@ -224,8 +234,7 @@ class Trainer:
         start = time.perf_counter()
         data = next(self._data_iter)
         data_time = time.perf_counter() - start
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext()
-        with autocast:
+        with autocast(self.amp_dtype, self.device):
             loss_dict = self.model(data)
         losses = sum(loss_dict.values())
         reduced = self._check_losses(loss_dict)

@@ -1,10 +1,12 @@
 """Normalization layers selectable by name: ``BN``, ``FrozenBN``, ``GN``, ``SyncBN`` (or ``""`` for none)."""
 from __future__ import annotations
 
+from typing import Optional, Tuple
+
 import torch
 from torch import nn
 
-__all__ = ["FrozenBatchNorm2d", "get_norm", "freeze_batchnorm"]
+__all__ = ["FrozenBatchNorm2d", "fixed_affine", "get_norm", "freeze_batchnorm"]
 
 
 class FrozenBatchNorm2d(nn.Module):
@@ -22,9 +24,13 @@ class FrozenBatchNorm2d(nn.Module):
         self.register_buffer("running_mean", torch.zeros(num_features))
         self.register_buffer("running_var", torch.ones(num_features) - eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def scale_and_shift(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The per-channel ``(C,)`` scale and shift of ``y = x * scale + shift``."""
         scale = self.weight * (self.running_var + self.eps).rsqrt()
-        shift = self.bias - self.running_mean * scale
+        return scale, self.bias - self.running_mean * scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.scale_and_shift()
         return x * scale.view(1, -1, 1, 1).to(x.dtype) + shift.view(1, -1, 1, 1).to(x.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
@@ -34,6 +40,22 @@ class FrozenBatchNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, eps={self.eps}"
+
+
+def fixed_affine(norm: nn.Module) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """``(scale, shift)``, each ``(C,)``, when ``norm`` currently computes the fixed per-channel affine map
+    ``x * scale + shift`` (a ``FrozenBatchNorm2d``, or a ``BatchNorm2d``/``SyncBatchNorm`` in eval mode
+    with running statistics), so that it can be folded into the preceding convolution; else None
+    (batch norm in training mode, group norm, no norm). Differentiable in the norm's parameters."""
+    if isinstance(norm, FrozenBatchNorm2d):
+        return norm.scale_and_shift()
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training and norm.running_var is not None:
+        scale = (norm.running_var + norm.eps).rsqrt()
+        if norm.affine:
+            scale = norm.weight * scale
+        shift = -norm.running_mean * scale
+        return scale, shift + norm.bias if norm.affine else shift
+    return None
 
 
 def get_norm(name: str, channels: int, gn_groups: int = 32) -> nn.Module:

@@ -177,14 +177,15 @@ def format_paper_table(rows: Sequence[Dict[str, Any]]) -> str:
 
 
 def response_layers(model: nn.Module, kernel_size: int = 3) -> List[Tuple[str, nn.Module]]:
-    """``(name, norm)`` of every conv+norm pair (a module with children ``conv``, an ``nn.Conv2d`` of
-    ``kernel_size`` x ``kernel_size``, and ``norm``) in registration order, i.e. the network's layer
-    order for the ResNets: ``stem.conv1``, ``res2.0.conv1``, ``res2.0.conv2``, ..."""
+    """``(name, module)`` of every conv+norm pair (a module with children ``conv``, an ``nn.Conv2d`` of
+    ``kernel_size`` x ``kernel_size``, and ``norm``, whose output is the norm's output) in registration
+    order, i.e. the network's layer order for the ResNets: ``stem.conv1``, ``res2.0.conv1``, ... The
+    pair is hooked, not its norm: a norm folded into its convolution (``MODEL.FOLD_NORM``) never runs."""
     layers = []
     for name, module in model.named_modules():
         conv, norm = getattr(module, "conv", None), getattr(module, "norm", None)
         if isinstance(conv, nn.Conv2d) and isinstance(norm, nn.Module) and conv.kernel_size == (kernel_size,) * 2:
-            layers.append((name, norm))
+            layers.append((name, module))
     return layers
 
 
@@ -208,7 +209,7 @@ def layer_responses(model: nn.Module, inputs: Iterable[Any], kernel_size: int = 
 
         return hook
 
-    handles = [norm.register_forward_hook(hook_for(name)) for name, norm in layers]
+    handles = [layer.register_forward_hook(hook_for(name)) for name, layer in layers]
     was_training = model.training
     try:
         model.eval()

@@ -188,7 +188,8 @@ def test_create_model_with_torchvision_weights_gives_torchvision_logits(name, tm
     with torch.no_grad():
         ours, theirs = model(x), reference(x)
     assert ours.shape == (2, 1000) and theirs.std() > 0.1  # not a degenerate network
-    assert (ours - theirs).abs().max().item() <= 1e-5
+    # Relative to the logits' scale (~100): BN folded into the convs (MODEL.FOLD_NORM) sums in another order.
+    assert (ours - theirs).abs().max().item() <= 1e-5 * theirs.abs().max().item()
     # the dict-in trainer model holds the same network: its softmax over the same images
     images = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     wrapped = ImageClassifier(model_cfg(name, style="pytorch", pixel_mean=TORCHVISION_MEAN, pixel_std=TORCHVISION_STD,

@@ -22,8 +22,20 @@ def golden_model(golden_dir):
     return build_golden_model(golden_dir, DEFAULT_CONFIG)
 
 
-def test_outputs_match_detectron2(golden_model, golden_dir):
-    figures = compare(golden_model, golden_dir)
+# Every combination of the speed options (the first is the shipped default: both on).
+SPEED_OPTIONS = {
+    "fold+channels_last": [],
+    "plain": ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False"],
+    "fold": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "False"],
+    "channels_last": ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "True"],
+}
+
+
+@pytest.mark.parametrize("options", list(SPEED_OPTIONS))
+def test_outputs_match_detectron2(golden_model, golden_dir, options):
+    model = golden_model if not SPEED_OPTIONS[options] else build_golden_model(
+        golden_dir, DEFAULT_CONFIG, SPEED_OPTIONS[options])
+    figures = compare(model, golden_dir)
     report = format_figures(figures)
     print(report)
     assert figures["res4_rel_err"] < 1e-4, report

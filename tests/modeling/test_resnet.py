@@ -49,13 +49,16 @@ def test_style_puts_stride_in_1x1_or_3x3(depth):
     for stage in ("res3", "res4", "res5"):
         for model in (msra, torch_style):
             block = getattr(model, stage)[0]
-            assert block.shortcut.conv.stride == (2, 2)
+            assert block.input_stride * block.shortcut.conv.stride[0] == 2  # msra bottlenecks subsample first
             assert all(b.conv1.conv.stride == (1, 1) and b.conv2.conv.stride == (1, 1) for b in getattr(model, stage)[1:])
         if depth == 18:  # BasicBlock: the first 3x3 carries the stride in both styles
             assert getattr(msra, stage)[0].conv1.conv.stride == getattr(torch_style, stage)[0].conv1.conv.stride == (2, 2)
         else:
-            assert getattr(msra, stage)[0].conv1.conv.stride == (2, 2)
+            # The stride of the msra 1x1 conv1 (and 1x1 shortcut) is applied once to the block's input.
+            assert getattr(msra, stage)[0].input_stride == 2
+            assert getattr(msra, stage)[0].conv1.conv.stride == (1, 1)
             assert getattr(msra, stage)[0].conv2.conv.stride == (1, 1)
+            assert getattr(torch_style, stage)[0].input_stride == 1
             assert getattr(torch_style, stage)[0].conv1.conv.stride == (1, 1)
             assert getattr(torch_style, stage)[0].conv2.conv.stride == (2, 2)
     assert msra.res2[0].conv1.conv.stride == (1, 1)

@@ -44,7 +44,7 @@ def test_known_stds_pooled_over_all_inputs():
     # two batches with means 0 and 2: pooled values {-1, 1, 1, 3}: std sqrt(2), not the mean of per-batch stds (1)
     pooled = dict(layer_responses(model, [_checkerboard(), _checkerboard(2.0)]))
     assert pooled["0"] == pytest.approx(2 * math.sqrt(2) / s, rel=1e-6)
-    assert model.training and not model[0].norm._forward_hooks  # mode restored, hooks removed
+    assert model.training and not model[0]._forward_hooks  # mode restored, hooks removed
 
 
 def test_cifar_resnet_layer_order_and_values_match_a_manual_forward():

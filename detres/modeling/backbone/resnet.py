@@ -30,7 +30,7 @@ from torch import nn
 
 from detres.modeling.backbone.backbone import Backbone, ShapeSpec
 from detres.modeling.backbone.build import BACKBONE_REGISTRY
-from detres.modeling.norm import freeze_batchnorm, get_norm
+from detres.modeling.norm import fixed_affine, freeze_batchnorm, get_norm
 
 __all__ = [
     "BasicBlock",
@@ -65,7 +65,16 @@ def _make_norm(norm: NormSpec, channels: int) -> nn.Module:
 
 
 class ConvNorm(nn.Module):
-    """``norm(conv(x))`` with a bias-free ``nn.Conv2d``; children ``conv`` and ``norm``. No activation."""
+    """``norm(conv(x))`` with a bias-free ``nn.Conv2d``; children ``conv`` and ``norm``. No activation.
+
+    When ``fold_norm`` is True (the default; ``MODEL.FOLD_NORM``) and the norm is a fixed affine map
+    (frozen BN, or BN in eval mode), the norm is folded into the convolution at each call: one
+    convolution with weight ``w * scale`` and bias ``shift`` instead of a convolution and two more
+    passes over its output. The parameters and state-dict names do not change, gradients still reach
+    ``conv.weight`` (frozen BN in training), and trainable BN in training mode is never folded.
+    """
+
+    fold_norm: bool = True
 
     def __init__(
         self,
@@ -85,7 +94,12 @@ class ConvNorm(nn.Module):
         self.norm = _make_norm(norm, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.conv(x))
+        affine = fixed_affine(self.norm) if self.fold_norm else None
+        if affine is None:
+            return self.norm(self.conv(x))
+        scale, shift = affine
+        weight = self.conv.weight * scale.to(self.conv.weight.dtype).view(-1, 1, 1, 1)
+        return self.conv._conv_forward(x, weight, shift.to(weight.dtype))
 
 
 class BasicStem(nn.Module):
@@ -137,19 +151,42 @@ class _ResidualBlock(nn.Module):
     def last_norm(self) -> nn.Module:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    # Subsample the block's input by this factor once, before both branches (blocks whose first layers
+    # are all strided 1x1 convs set it and build those convs with stride 1: the same sums, and the
+    # branches read a contiguous tensor 1/s^2 the size, e.g. a C4 head's pooled regions).
+    input_stride: int = 1
+
+    def subsample(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_stride == 1:
+            return x
+        return x[:, :, ::self.input_stride, ::self.input_stride].contiguous(memory_format=self.memory_format())
+
+    def memory_format(self) -> torch.memory_format:
+        return torch.contiguous_format
+
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """The residual branch on the subsampled input (see ``input_stride``)."""
         raise NotImplementedError
 
-    def identity(self, x: torch.Tensor) -> torch.Tensor:
-        """The shortcut branch: projection, identity, or option A's subsample + zero padding."""
+    def shortcut_branch(self, x: torch.Tensor) -> torch.Tensor:
+        """Projection, identity, or option A's subsample + zero padding, on the subsampled input."""
         if self.shortcut is not None:
             return self.shortcut(x)
-        return option_a_shortcut(x, self.out_channels, self.stride)
+        return option_a_shortcut(x, self.out_channels, self.stride // self.input_stride)
+
+    def residual(self, x: torch.Tensor) -> torch.Tensor:
+        """The residual branch ``F(x)`` of the block's input ``x``."""
+        return self.residual_branch(self.subsample(x))
+
+    def identity(self, x: torch.Tensor) -> torch.Tensor:
+        """The shortcut branch of the block's input ``x``."""
+        return self.shortcut_branch(self.subsample(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.residual(x)
+        x = self.subsample(x)
+        out = self.residual_branch(x)
         if not self.plain:
-            out = out + self.identity(x)
+            out += self.shortcut_branch(x)  # in place: no autograd node needs the residual branch's output
         return F.relu_(out)
 
 
@@ -174,7 +211,7 @@ class BasicBlock(_ResidualBlock):
     def last_norm(self) -> nn.Module:
         return self.conv2.norm
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv2(F.relu_(self.conv1(x)))
 
 
@@ -201,6 +238,10 @@ class BottleneckBlock(_ResidualBlock):
     ):
         super().__init__(in_channels, out_channels, stride, norm, shortcut, plain)
         s1, s3 = (stride, 1) if stride_in_1x1 else (1, stride)
+        if stride_in_1x1 and stride > 1:  # conv1 and the shortcut (1x1 or option A) only read every s-th pixel
+            self.input_stride, s1 = stride, 1
+            if self.shortcut is not None:
+                self.shortcut.conv.stride = (1, 1)
         self.conv1 = ConvNorm(in_channels, bottleneck_channels, 1, s1, norm=norm)
         self.conv2 = ConvNorm(
             bottleneck_channels, bottleneck_channels, 3, s3, dilation, dilation, groups=num_groups, norm=norm
@@ -210,7 +251,13 @@ class BottleneckBlock(_ResidualBlock):
     def last_norm(self) -> nn.Module:
         return self.conv3.norm
 
-    def residual(self, x: torch.Tensor) -> torch.Tensor:
+    def memory_format(self) -> torch.memory_format:
+        """Channels-last when the block's 3x3 weights are (1x1 weights are both formats at once)."""
+        w = self.conv2.conv.weight
+        return torch.channels_last if not w.is_contiguous() and w.is_contiguous(
+            memory_format=torch.channels_last) else torch.contiguous_format
+
+    def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu_(self.conv1(x))
         x = F.relu_(self.conv2(x))
         return self.conv3(x)

@@ -20,8 +20,33 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+# The parts that ``MODEL.COMPILE`` compiles: the trunk and the per-region network of a C4 RoI head.
+_COMPILED_PARTS = ("backbone", "roi_heads.res5")
+
+
+def apply_speed_options(cfg, model: nn.Module) -> nn.Module:
+    """``MODEL.FOLD_NORM`` (batch norm folded into convolutions where it is a fixed affine map) and
+    ``MODEL.COMPILE`` (``nn.Module.compile`` of the backbone and the RoI head's res5, in place, so that
+    parameter and state-dict names do not change). Returns ``model``."""
+    from detres.modeling.backbone.resnet import ConvNorm
+
+    for module in model.modules():
+        if isinstance(module, ConvNorm):
+            module.fold_norm = cfg.MODEL.FOLD_NORM
+    if cfg.MODEL.COMPILE:
+        for path in _COMPILED_PARTS:
+            try:
+                part = model.get_submodule(path)
+            except AttributeError:
+                continue
+            part.compile(mode=None if cfg.MODEL.COMPILE == "default" else cfg.MODEL.COMPILE)
+    return model
+
+
 def build_model(cfg) -> nn.Module:
-    """Build ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE``; weights are not loaded here."""
+    """Build ``cfg.MODEL.META_ARCHITECTURE`` on ``cfg.MODEL.DEVICE`` with its speed options; weights
+    are not loaded here."""
     model = META_ARCH_REGISTRY.get(cfg.MODEL.META_ARCHITECTURE)(cfg)
     memory_format = torch.channels_last if cfg.MODEL.CHANNELS_LAST else torch.preserve_format
-    return model.to(resolve_device(cfg.MODEL.DEVICE), memory_format=memory_format)
+    model = model.to(resolve_device(cfg.MODEL.DEVICE), memory_format=memory_format)
+    return apply_speed_options(cfg, model)
