@@ -208,6 +208,8 @@ def benchmark_options(cfg, args) -> Dict[str, Dict[str, float]]:
     results: Dict[str, Dict[str, float]] = {}
     reference = None
     for name, opts in SPEED_OPTIONS.items():
+        if args.skip_compile and "MODEL.COMPILE" in opts:
+            continue
         row_cfg = cfg.clone()
         row_cfg.defrost()
         row_cfg.merge_from_list(opts)
@@ -325,6 +327,8 @@ def main(argv=None) -> None:
                         help="time the paper's test-time extras (refinement, multi-scale, flip) against the plain model")
     parser.add_argument("--options", action="store_true",
                         help="time each speed option (fold norm, channels-last, compile, bf16) against the plain path")
+    parser.add_argument("--skip-compile", action="store_true",
+                        help="--options without the torch.compile row (compiling takes minutes on a CPU)")
     parser.add_argument("--data", action="store_true", help="time the training loader next to the model")
     parser.add_argument("--batches", type=int, default=20, help="--data: timed loader batches (default 20)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")

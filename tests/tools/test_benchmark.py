@@ -65,3 +65,46 @@ def test_benchmark_times_the_test_time_extras_against_the_plain_model(tmp_path, 
     assert results["plain"]["ratio"] == 1.0
     for r in results.values():
         assert r["s/image"] > 0 and r["ratio"] == pytest.approx(r["s/image"] / results["plain"]["s/image"])
+
+
+def test_calibration_reaches_norms_folded_into_their_convolutions(benchmark_tool):
+    """A ConvNorm folds its norm (MODEL.FOLD_NORM): the norm never runs, yet calibration must set it."""
+    import torch
+
+    from detres.modeling.backbone.resnet import ConvNorm
+
+    layer = ConvNorm(3, 8, 3, norm="FrozenBN")
+    assert layer.fold_norm
+    benchmark_tool.calibrate_norm_statistics(layer, (50 * torch.rand(2, 3, 12, 12) + 100,))
+    assert layer.fold_norm and layer.norm.running_var.min() > 1  # set from the raw-pixel-scale conv output
+
+
+def test_benchmark_options_times_each_speed_option_with_the_same_detections(tmp_path, benchmark_tool, capsys):
+    benchmark_tool.main([
+        "--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--options", "--skip-compile", "--images", "2",
+        "--warmup", "0",
+        "--repeats", "1", "--json", "DATASETS.ROOT", str(tmp_path), "DATASETS.SYNTHETIC_DET.NUM_TRAIN", "2",
+        "DATASETS.SYNTHETIC_DET.NUM_VAL", "4", "SOLVER.IMS_PER_BATCH", "2",
+    ])
+    out = capsys.readouterr().out
+    results = json.loads(out[out.index("{"):])
+    assert list(results) == [n for n in benchmark_tool.SPEED_OPTIONS if "compile" not in n]  # tested elsewhere
+    plain = results["plain (no option)"]
+    assert plain["inference s/image ratio"] == 1.0 and plain["matched"] == 1.0
+    for name, r in results.items():
+        assert r["inference s/image"] > 0 and r["training s/iter"] > 0
+        assert r["training s/iter ratio"] == pytest.approx(r["training s/iter"] / plain["training s/iter"])
+        if "bf16" not in name:  # float32 options reproduce the plain detections
+            assert r["matched"] >= 0.95, name
+
+
+def test_benchmark_data_reports_loader_and_model_throughput(tmp_path, benchmark_tool, capsys):
+    benchmark_tool.main([
+        "--config", str(REPO_ROOT / "configs" / "quickstart.yaml"), "--data", "--batches", "3", "--warmup", "1",
+        "--repeats", "1", "--json", "DATASETS.ROOT", str(tmp_path), "DATASETS.SYNTHETIC_DET.NUM_TRAIN", "8",
+        "DATASETS.SYNTHETIC_DET.NUM_VAL", "2", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "1",
+    ])
+    out = capsys.readouterr().out
+    results = json.loads(out[out.index("{"):])
+    assert set(results) == {"loader, 1 workers", "loader, main process (one worker)", "model training"}
+    assert all(v > 0 for v in results.values())
