@@ -16,7 +16,8 @@ COCO (``--coco``: coco128's val2017 and instances json), resized once to shorter
 
 Rows: inference s/image (batch of 1, 1000 test proposals, median of ``--repeats`` passes over the
 images) and training s/iteration (the images as one batch with their COCO boxes, trainable BN,
-nothing frozen, SGD with lr 0; median of ``--train-repeats``), for Detectron2 and each detres variant:
+nothing frozen, SGD with lr 0; median of ``--train-repeats``; the rows are timed in turn, round after
+round, so that a changing background load affects them alike), for Detectron2 and each detres variant:
 ``plain`` (no speed option: MODEL.FOLD_NORM False, MODEL.CHANNELS_LAST False), ``default`` (the
 shipped settings), ``compile`` (+ MODEL.COMPILE default), ``bf16`` (+ bfloat16 autocast). Detections
 of every variant are matched against Detectron2's (same class, IoU > 0.99, score within 1e-3; bf16
@@ -29,10 +30,13 @@ import contextlib
 import json
 import pickle
 import resource
+import statistics
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Optional
 
 import cv2
 import numpy as np
@@ -45,7 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from detres.config import load_config  # noqa: E402
 from detres.modeling.meta_arch.build import build_model  # noqa: E402
 from detres.modeling.weight_import import load_weights  # noqa: E402
-from tools.benchmark import calibrate_norm_statistics, median_seconds  # noqa: E402
+from tools.benchmark import calibrate_norm_statistics  # noqa: E402
 from tools.d2_golden_parity import matched_fraction  # noqa: E402
 
 DETRES_CONFIG = REPO_ROOT / "configs" / "detection" / "d2_R50_C4_golden.yaml"
@@ -133,6 +137,35 @@ def detections(model: torch.nn.Module, x: dict, detectron2: bool) -> Dict[str, t
     return out
 
 
+@dataclass
+class Row:
+    """A model timed in one row of the table, with its autocast context (and training batch/optimizer)."""
+
+    model: torch.nn.Module
+    is_d2: bool
+    autocast: Callable[[], contextlib.AbstractContextManager]
+    batch: Optional[List[dict]] = None
+    optimizer: Optional[torch.optim.Optimizer] = None
+
+
+def _autocast(variant: str) -> Callable[[], contextlib.AbstractContextManager]:
+    if variant == "bf16":
+        return lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def interleaved_medians(rows: Dict[str, Row], run: Callable[[Row], None], repeats: int) -> Dict[str, float]:
+    """Median seconds of ``run(row)`` per row over ``repeats`` rounds; each round times every row once,
+    in turn, so that a machine's changing load affects all rows alike."""
+    times: Dict[str, List[float]] = {name: [] for name in rows}
+    for _ in range(repeats):
+        for name, row in rows.items():
+            start = time.perf_counter()
+            run(row)
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def reset_peak_rss() -> None:
     """Restart the kernel's peak-resident-memory counter of this process (Linux; elsewhere a no-op)."""
     with contextlib.suppress(OSError):
@@ -159,7 +192,6 @@ def run(args) -> Dict[str, Dict[str, float]]:
     workdir = tempfile.mkdtemp(prefix="detres_bench_")
     weights = write_model_zoo_pickle(d2_eval, workdir)
     size_opts = ["INPUT.MIN_SIZE_TEST", str(args.size), "INPUT.MAX_SIZE_TEST", "1000" if args.size <= 600 else "1333"]
-    models: Dict[str, Callable[[List[str]], torch.nn.Module]] = {}
 
     def detres_model(opts: List[str]) -> torch.nn.Module:
         model = build_model(load_config(str(DETRES_CONFIG), FULL_WIDTH + size_opts + opts))
@@ -171,48 +203,49 @@ def run(args) -> Dict[str, Dict[str, float]]:
     if unknown:
         raise SystemExit(f"unknown --variants {sorted(unknown)}; choose from {list(VARIANTS)}")
     results: Dict[str, Dict[str, float]] = {}
+    eval_rows = {"detectron2": Row(d2_eval, True, contextlib.nullcontext)}
+    eval_rows.update({f"detres {v}": Row(detres_model(VARIANTS[v]).eval(), False, _autocast(v)) for v in variants})
     with torch.inference_mode():
         reference = [detections(d2_eval, x, True) for x in inputs]
-    rows = [("detectron2", lambda: d2_eval, True, contextlib.nullcontext)]
-    for name in variants:
-        autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if name == "bf16" else contextlib.nullcontext
-        rows.append((f"detres {name}", (lambda n=name: detres_model(VARIANTS[n]).eval()), False, autocast))
-    for name, make, is_d2, autocast in rows:
-        model = make()
-        reset_peak_rss()
-        with torch.inference_mode(), autocast():
-            outs = [detections(model, x, is_d2) for x in inputs]
-            seconds = median_seconds(lambda: [detections(model, x, is_d2) for x in inputs], args.warmup,
-                                     args.repeats, lambda: None) / len(inputs)
-        matched = min(matched_fraction(r["boxes"], o["boxes"].float(), r["classes"], o["classes"], r["scores"],
-                                       o["scores"].float()) for r, o in zip(reference, outs))
-        results[name] = {"inference s/image": seconds, "detections matched": matched, "peak RSS MB": peak_rss_mb()}
-        print(f"  {name}: inference {seconds:.3f} s/image, {matched:.1%} of Detectron2's detections matched",
-              flush=True)
-        del model
+        for name, row in eval_rows.items():
+            reset_peak_rss()
+            with row.autocast():
+                outs = [detections(row.model, x, row.is_d2) for x in inputs]  # also the warm-up pass
+            matched = min(matched_fraction(r["boxes"], o["boxes"].float(), r["classes"], o["classes"], r["scores"],
+                                           o["scores"].float()) for r, o in zip(reference, outs))
+            results[name] = {"detections matched": matched, "peak RSS MB": peak_rss_mb()}
+
+        def infer(row: "Row") -> None:
+            with row.autocast():
+                for x in inputs:
+                    detections(row.model, x, row.is_d2)
+
+        for name, seconds in interleaved_medians(eval_rows, infer, args.repeats).items():
+            results[name]["inference s/image"] = seconds / len(inputs)
+    del eval_rows
     if not args.skip_training:
         from detectron2.utils.events import EventStorage
 
         d2_train = detectron2_model("BN", 1000)
         d2_train.load_state_dict(d2_eval.state_dict(), strict=False)
-        trainers = [("detectron2", d2_train, detectron2_training_inputs(inputs), EventStorage)]
-        for name in variants:
-            autocast = (lambda: torch.autocast("cpu", dtype=torch.bfloat16)) if name == "bf16" else contextlib.nullcontext
-            trainers.append((f"detres {name}", detres_model(VARIANTS[name] + TRAINABLE_BN), inputs, autocast))
-        for name, model, batch, autocast in trainers:
-            model.train()
-            optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.0, momentum=0.9)
+        train_rows = {"detectron2": Row(d2_train.train(), True, EventStorage, detectron2_training_inputs(inputs))}
+        for v in variants:
+            model = detres_model(VARIANTS[v] + TRAINABLE_BN).train()
+            train_rows[f"detres {v}"] = Row(model, False, _autocast(v), inputs)
 
-            def step() -> None:
-                with autocast():
-                    losses = model(batch)
-                optimizer.zero_grad(set_to_none=True)
-                sum(losses.values()).backward()
-                optimizer.step()
+        def train_step(row: "Row") -> None:
+            with row.autocast():
+                losses = row.model(row.batch)
+            row.optimizer.zero_grad(set_to_none=True)
+            sum(losses.values()).backward()
+            row.optimizer.step()
 
-            seconds = median_seconds(step, 1, args.train_repeats, lambda: None)
+        for row in train_rows.values():
+            row.optimizer = torch.optim.SGD([p for p in row.model.parameters() if p.requires_grad], lr=0.0,
+                                            momentum=0.9)
+            train_step(row)  # warm-up
+        for name, seconds in interleaved_medians(train_rows, train_step, args.train_repeats).items():
             results[name]["training s/iter"] = seconds
-            print(f"  {name}: training {seconds:.3f} s/iteration", flush=True)
     return results
 
 
@@ -223,9 +256,10 @@ def main(argv=None) -> None:
     parser.add_argument("--coco", type=Path, default=DEFAULT_COCO, help="COCO folder with val2017/ and annotations/")
     parser.add_argument("--size", type=int, default=600, help="shorter side of the images (default 600)")
     parser.add_argument("--images", type=int, default=3, help="images (default 3); training uses them as one batch")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed passes before timing (default 1)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed inference passes (median; default 5)")
-    parser.add_argument("--train-repeats", type=int, default=3, help="timed training iterations (median; default 3)")
+    parser.add_argument("--repeats", type=int, default=5,
+                        help="timed inference passes over the images, after one untimed one (median; default 5)")
+    parser.add_argument("--train-repeats", type=int, default=3,
+                        help="timed training iterations, after one untimed one (median; default 3)")
     parser.add_argument("--variants", default="plain,default", help=f"detres variants, from {list(VARIANTS)}")
     parser.add_argument("--skip-training", action="store_true", help="time inference only")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (default: torch's choice)")
