@@ -132,13 +132,20 @@ def test_tensorboard_gets_scalars_and_images(tmp_path):
     assert "toy/pattern" in tags["images"] and len(acc.Images("toy/pattern")) == 4
 
 
-def test_amp_requested_on_cpu_warns_and_trains_in_float32(tmp_path, detres_logs):
+def test_float16_amp_requested_on_cpu_warns_and_trains_in_float32(tmp_path, detres_logs):
     cfg = toy_cfg(tmp_path, MAX_ITER=2)
-    cfg.SOLVER.AMP.ENABLED = True
+    cfg.SOLVER.AMP.ENABLED, cfg.SOLVER.AMP.DTYPE = True, "float16"
     trainer = run(cfg)
     warnings = [r.getMessage() for r in detres_logs.records if r.levelno == logging.WARNING]
     assert any("AMP" in w and "float32" in w for w in warnings), warnings
     assert trainer.amp_dtype is None and trainer.model.net[1].weight.dtype == torch.float32
+
+
+def test_bfloat16_amp_trains_on_cpu(tmp_path):
+    cfg = toy_cfg(tmp_path, MAX_ITER=2)
+    cfg.SOLVER.AMP.ENABLED = True  # DTYPE bfloat16 (the default): CPUs run it
+    trainer = run(cfg)
+    assert trainer.amp_dtype == torch.bfloat16 and trainer.model.net[1].weight.dtype == torch.float32
 
 
 def test_default_setup_writes_run_info_and_records_the_drawn_seed(tmp_path):

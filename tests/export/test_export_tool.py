@@ -43,7 +43,8 @@ def test_detector_from_a_config(load_tool, tmp_path, capsys):
     (["--backbone", "resnext50"], "unknown backbone 'resnext50'"),
     (["--config", str(REPO_ROOT / "configs/classification/imagenet_resnet18.yaml")],
      "a detector needs MODEL.META_ARCHITECTURE FasterRCNN"),
-    (["--config", "quickstart", "TEST.FLIP", "True"], "turn off TEST.FLIP to export it without them"),
+    (["--config", "quickstart", "TEST.MULTI_SCALE.ENABLED", "False", "TEST.FLIP", "True"],
+     "turn off TEST.FLIP to export it without them"),
     (["--model", "resnet18", "depth_of_field", "3"], "unknown option 'depth_of_field'"),
 ])
 def test_errors_are_one_line(load_tool, tmp_path, args, message):
