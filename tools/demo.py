@@ -11,6 +11,12 @@ options. Detections with score >= ``--confidence`` are drawn on the original ima
 names and scores). Class names are those a detres checkpoint records (no dataset needed), else those
 of the config's first test (else training) dataset with MODEL.ROI_HEADS.NUM_CLASSES names, else class
 numbers; without MODEL.WEIGHTS the model keeps its random initialisation (a warning says so).
+
+With a localizer config (MODEL.META_ARCHITECTURE PerClassRPNLocalizer, e.g.
+configs/localization/quickstart_loc.yaml) each image goes the localization test loader's way
+(TEST.LOC_MODE, INPUT.LOC sizes) and its five (class, box) guesses -- the attached classifiers' top-5
+classes, each with the localizer's box -- are drawn and printed, best first; --confidence is not used.
+Class names: the first synonym of the dataset's class descriptions (else its wnids).
 """
 from __future__ import annotations
 
@@ -18,22 +24,31 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
-from detres.config import ConfigError, load_config  # noqa: E402
+from detres.config import CfgNode, ConfigError, load_config  # noqa: E402
+from detres.data.build import register_from_config  # noqa: E402
+from detres.data.catalog import MetadataCatalog  # noqa: E402
 from detres.data.classification.datasets import IMAGE_EXTENSIONS  # noqa: E402
 from detres.data.detection.mapper import ImageReadError, read_image  # noqa: E402
+from detres.data.localization.transforms import LocTestViews  # noqa: E402
 from detres.engine.predictor import Predictor  # noqa: E402
+from detres.modeling.meta_arch.build import build_model  # noqa: E402
+from detres.modeling.meta_arch.class_predictor import to_format  # noqa: E402
 from detres.utils.visualizer import draw_instances  # noqa: E402
+
+LOCALIZER = "PerClassRPNLocalizer"
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", required=True, help="a detres detection config")
+    parser.add_argument("--config", required=True, help="a detres detection (or localizer) config")
     parser.add_argument("--input", required=True, help="an image file or a folder of images")
     parser.add_argument("--output", required=True, help="folder for the drawn images")
     parser.add_argument("--confidence", type=float, default=0.5, help="minimum score of a drawn detection")
@@ -52,11 +67,65 @@ def input_images(path: Path) -> List[Path]:
     return [path]
 
 
+def localization_input(image_bgr: np.ndarray, views: LocTestViews, input_format: str) -> Dict[str, Any]:
+    """The localization test loader's input for an ``(H, W, 3)`` uint8 BGR image: ``{"image": list of
+    (3, h, w) views in input_format order, "height": H, "width": W, "crop_box": [x0, y0, x1, y1]}``."""
+    rgb = torch.from_numpy(np.ascontiguousarray(image_bgr[:, :, ::-1])).permute(2, 0, 1)
+    geometries = views.geometries(*rgb.shape[-2:])
+    return {"image": [to_format(g.apply_image(rgb), "RGB", input_format) for g in geometries],
+            "height": rgb.shape[1], "width": rgb.shape[2], "crop_box": geometries[0].crop_box()}
+
+
+def localization_class_names(cfg: CfgNode) -> Optional[List[str]]:
+    """The first synonym of each class description (else the wnid) of the config's first test (else
+    training) dataset with MODEL.CLASSIFIER.NUM_CLASSES classes; ``None`` when none has them."""
+    register_from_config(cfg)
+    for name in list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN):
+        meta = MetadataCatalog.get(name)
+        names = getattr(meta, "class_descriptions", None) or getattr(meta, "thing_classes", None)
+        if names is not None and len(names) == cfg.MODEL.CLASSIFIER.NUM_CLASSES:
+            return [str(n).split(",")[0] for n in names]
+    return None
+
+
+def run_localizer(cfg: CfgNode, images: List[Path], out_dir: Path) -> List[Path]:
+    """Draw and print the localizer's five (class, box) guesses on each image (module docstring)."""
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("a localizer needs MODEL.WEIGHTS (the trained localizer's model_final.pth)")
+    model = build_model(cfg)
+    if model.classifiers is None:
+        raise ValueError("the demo draws the top-5 classes of the classifiers attached to the localizer: set "
+                         "MODEL.LOCALIZER.CLASSIFIER_CONFIGS and CLASSIFIER_WEIGHTS")
+    from detres.modeling.weight_import import load_weights
+
+    load_weights(model, cfg.MODEL.WEIGHTS, require_class_layers=True)
+    model.eval()
+    views, names = LocTestViews.from_config(cfg), localization_class_names(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in images:
+        image = read_image(str(path), "BGR")
+        with torch.inference_mode():
+            output = model([localization_input(image, views, cfg.INPUT.FORMAT)])[0]
+        classes, scores = output["pred_classes"].tolist(), output["scores"].tolist()
+        boxes = output["pred_boxes"].cpu().numpy()
+        target = out_dir / (path.stem + ".jpg")
+        if not cv2.imwrite(str(target), draw_instances(image, boxes, classes, scores, names)):
+            raise OSError(f"cannot write {target}")
+        written.append(target)
+        guesses = "; ".join(f"{names[c] if names else f'class {c}'} {score:.2f} [{', '.join(f'{v:.0f}' for v in box)}]"
+                            for c, score, box in zip(classes, scores, boxes))
+        print(f"{path}: top-5 (class score [x1, y1, x2, y2]) {guesses} -> {target}")
+    return written
+
+
 def run(args: argparse.Namespace) -> List[Path]:
     cfg = load_config(args.config, args.opts)
     images = input_images(Path(args.input))
-    predictor = Predictor(cfg)
     out_dir = Path(args.output)
+    if cfg.MODEL.META_ARCHITECTURE == LOCALIZER:
+        return run_localizer(cfg, images, out_dir)
+    predictor = Predictor(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for path in images:

@@ -155,6 +155,82 @@ _C.MODEL.ROI_BOX_HEAD.CLS_AGNOSTIC_BBOX_REG = False
 # (the predictor's input width doubles). Changes the weights' shapes: set it as the checkpoint was trained.
 _C.MODEL.ROI_BOX_HEAD.GLOBAL_CONTEXT = False
 
+# ---------------------------------------------------------------------------- localization: per-class RPN
+# The ImageNet localizer of the paper (Appendix C, meta-architecture "PerClassRPNLocalizer"): the ResNet of
+# MODEL.RESNETS (MODEL.WEIGHTS a detres classifier checkpoint; its linear layer is not used) and a per-class
+# RPN for MODEL.CLASSIFIER.NUM_CLASSES classes: per anchor and class one logistic regression and 4 deltas.
+_C.MODEL.PER_CLASS_RPN = CN()
+# The one feature map it runs on: res5 (stride 32) is the classification network's last conv map, the one
+# the paper fine-tunes; a 224 crop gives a 7 x 7 map.
+_C.MODEL.PER_CLASS_RPN.IN_FEATURE = "res5"
+# A 3x3 conv + ReLU before the sibling 1x1 cls / reg convs (HEAD_CHANNELS outputs, 0: the feature's). 512
+# keeps the per-class reg layer (A * C * 4 = 36000 outputs for 1000 classes, 9 anchors) at 18M weights.
+_C.MODEL.PER_CLASS_RPN.HEAD_CONV = True
+_C.MODEL.PER_CLASS_RPN.HEAD_CHANNELS = 512
+# Anchors (sqrt of area, in input pixels; height / width ratios) on the single map, centred in their cells
+# (offset 0.5). For 224 crops: ImageNet objects span roughly a quarter of the crop's side to all of it (more
+# before cropping), so 3 scales an octave apart, 64 / 128 / 256, x 3 ratios (a square box between two scales
+# has IoU >= 0.5 with the nearer of the two when centred on it).
+_C.MODEL.PER_CLASS_RPN.ANCHOR_SIZES = [64, 128, 256]
+_C.MODEL.PER_CLASS_RPN.ANCHOR_ASPECT_RATIOS = [0.5, 1.0, 2.0]
+_C.MODEL.PER_CLASS_RPN.ANCHOR_OFFSET = 0.5
+# Anchor labels as in the RPN: IoU < 0.3 negative, >= 0.7 positive, plus each box's best anchors.
+_C.MODEL.PER_CLASS_RPN.IOU_THRESHOLDS = [0.3, 0.7]
+_C.MODEL.PER_CLASS_RPN.IOU_LABELS = [0, -1, 1]
+_C.MODEL.PER_CLASS_RPN.ALLOW_LOW_QUALITY_MATCHES = True
+# The paper: 8 anchors sampled per image, positives:negatives 1:1 (negatives fill in when positives lack).
+_C.MODEL.PER_CLASS_RPN.BATCH_SIZE_PER_IMAGE = 8
+_C.MODEL.PER_CLASS_RPN.POSITIVE_FRACTION = 0.5
+_C.MODEL.PER_CLASS_RPN.BBOX_REG_WEIGHTS = [1.0, 1.0, 1.0, 1.0]  # lists: equal tuples would be one object, a YAML alias in dumps
+# Smooth L1 on the ground-truth class's deltas (Faster R-CNN's RPN: sigma 3, i.e. beta 1/9).
+_C.MODEL.PER_CLASS_RPN.SMOOTH_L1_BETA = 0.1111
+_C.MODEL.PER_CLASS_RPN.BBOX_REG_LOSS_WEIGHT = 1.0
+# Test: per class the PRE_NMS_TOPK_TEST best anchors are decoded, NMS at NMS_THRESH, then at most
+# POST_NMS_TOPK_TEST boxes per class: the R-CNN rescorer's 200 proposals (without it the best box is used).
+_C.MODEL.PER_CLASS_RPN.PRE_NMS_TOPK_TEST = 1000
+_C.MODEL.PER_CLASS_RPN.POST_NMS_TOPK_TEST = 200
+_C.MODEL.PER_CLASS_RPN.NMS_THRESH = 0.7
+
+# Models attached to the localizer at test time (loaded when it is built, not saved in its checkpoints):
+# classifiers (config files and weights, one per classifier; several: an ensemble, softmax averaged) give
+# the top-5 classes; without them only the ground-truth class is localized (gt_loc_error). A rescorer
+# (meta-architecture "RCNNRescorer") rescores and refines the per-class RPN's proposals.
+_C.MODEL.LOCALIZER = CN()
+_C.MODEL.LOCALIZER.CLASSIFIER_CONFIGS = []
+_C.MODEL.LOCALIZER.CLASSIFIER_WEIGHTS = []
+_C.MODEL.LOCALIZER.RESCORER_CONFIG = ""
+_C.MODEL.LOCALIZER.RESCORER_WEIGHTS = ""
+
+# ---------------------------------------------------------------------------- localization: R-CNN rescorer
+# The R-CNN stage of the paper's ImageNet localization (Appendix C, meta-architecture "RCNNRescorer"): each
+# class-dependent proposal is cropped, warped to INPUT_SIZE x INPUT_SIZE and classified by a ResNet (the
+# MODEL.RESNETS trunk, MODEL.WEIGHTS a classifier checkpoint) with per-class cls and box-regression fc layers
+# for MODEL.CLASSIFIER.NUM_CLASSES classes (as the localizer).
+_C.MODEL.RESCORER = CN()
+_C.MODEL.RESCORER.INPUT_SIZE = 224
+# R-CNN's context padding p, in pixels of the WARPED region: the box is grown about its centre so that it
+# fills the central INPUT_SIZE - 2p pixels (0: the box alone). Outside the image: the mean colour.
+_C.MODEL.RESCORER.CONTEXT_PAD = 0
+# Bilinear samples per output pixel side when warping (roi_align); 0: ceil(box side / INPUT_SIZE), an area
+# average when shrinking and the exact pixels at scale 1.
+_C.MODEL.RESCORER.SAMPLING_RATIO = 0
+# Training (RoI-centric): the frozen per-class RPN localizer (config file and weights, loaded when the
+# rescorer is built) gives the PROPOSALS_PER_CLASS best boxes of the ground-truth class of each training
+# image; the ground-truth boxes are added. Empty config: inputs must carry "proposals".
+_C.MODEL.RESCORER.LOCALIZER_CONFIG = ""
+_C.MODEL.RESCORER.LOCALIZER_WEIGHTS = ""
+_C.MODEL.RESCORER.PROPOSALS_PER_CLASS = 200
+# Regions with IoU >= IOU_THRESHOLD with a ground-truth box are the class, the others background.
+_C.MODEL.RESCORER.IOU_THRESHOLD = 0.5
+# Regions sampled per image; the paper's mini-batch is 256 regions: SOLVER.IMS_PER_BATCH x this.
+_C.MODEL.RESCORER.BATCH_SIZE_PER_IMAGE = 64
+_C.MODEL.RESCORER.POSITIVE_FRACTION = 0.25
+_C.MODEL.RESCORER.BBOX_REG_WEIGHTS = [10.0, 10.0, 5.0, 5.0]
+# Fast R-CNN's smooth L1 (beta 1; 0 would be plain L1) on the ground-truth class's deltas of positives.
+_C.MODEL.RESCORER.SMOOTH_L1_BETA = 1.0
+# Test: regions run through the network this many at a time (bounds memory).
+_C.MODEL.RESCORER.TEST_CHUNK = 256
+
 # ---------------------------------------------------------------------------- input
 _C.INPUT = CN()
 # Channel order of the images the loaders produce and the model expects: "BGR" or "RGB".
@@ -188,6 +264,22 @@ _C.INPUT.CLS.PCA_LIGHTING_STD = 0.1
 # Per-pixel mean subtraction (CIFAR): the mean image is computed on the training set.
 _C.INPUT.CLS.PER_PIXEL_MEAN = True
 
+# Localization transforms (detres/data/localization/transforms.py; boxes follow every resize, crop, flip).
+_C.INPUT.LOC = CN()
+# Training input: "crop" (the classification recipe: random shorter side, CROP_SIZE crop, flip, lighting)
+# or "image" (the whole image, random shorter side, longer side <= MAX_SIZE, flip: the R-CNN rescorer's).
+_C.INPUT.LOC.TRAIN_MODE = "crop"
+# Square crop side of "crop" training and of TEST.LOC_MODE "center".
+_C.INPUT.LOC.CROP_SIZE = 224
+# Training shorter side: a uniform random integer in [min, max].
+_C.INPUT.LOC.TRAIN_SHORT_RANGE = [256, 480]  # a list: not the same object as CLS's (no YAML alias in dumps)
+# Longer-side cap of "image" training and of "dense" testing.
+_C.INPUT.LOC.MAX_SIZE = 1000
+# Test shorter side ("center": before the centre crop; "dense": when TEST.LOC_DENSE_SIZES is empty).
+_C.INPUT.LOC.TEST_SHORT_SIZE = 256
+# AlexNet PCA colour augmentation std in training (0: none), as INPUT.CLS.PCA_LIGHTING_STD.
+_C.INPUT.LOC.PCA_LIGHTING_STD = 0.1
+
 # ---------------------------------------------------------------------------- data
 _C.DATASETS = CN()
 _C.DATASETS.TRAIN = ("synthetic_cls_train",)
@@ -214,6 +306,19 @@ _C.DATASETS.SYNTHETIC_DET.IMAGE_SIZE = (176, 256)
 _C.DATASETS.SYNTHETIC_DET.OBJECTS_PER_IMAGE = (1, 4)
 # Object extent, drawn log-uniformly in [min, max] (and at most 0.9 x the image's shorter side).
 _C.DATASETS.SYNTHETIC_DET.OBJECT_SIZE = (30, 180)
+# The generated localization set ("synthetic_loc_{train,val}", as classification "synthetic_loc_cls_*"):
+# NUM_CLASSES (<= 24) coloured shapes, one boxed object an image, written in the ILSVRC CLS-LOC CSV layout
+# under <ROOT>/generated/ on first use (see detres/data/localization/synthetic.py).
+_C.DATASETS.SYNTHETIC_LOC = CN()
+_C.DATASETS.SYNTHETIC_LOC.NUM_TRAIN = 2000
+_C.DATASETS.SYNTHETIC_LOC.NUM_VAL = 300
+_C.DATASETS.SYNTHETIC_LOC.NUM_CLASSES = 8
+# Each image side is drawn uniformly in [min, max].
+_C.DATASETS.SYNTHETIC_LOC.IMAGE_SIZE = (96, 160)
+_C.DATASETS.SYNTHETIC_LOC.SEED = 0
+# ILSVRC CLS-LOC annotations (imagenet_loc_*, under <ROOT>/ilsvrc): "auto" (LOC_<split>_solution.csv when
+# present, else the XML files), "csv" (Kaggle) or "xml" (official ILSVRC/Annotations/CLS-LOC).
+_C.DATASETS.LOC_LAYOUT = "auto"
 # PASCAL VOC (voc_2007_*, voc_2012_*, under <ROOT>/VOCdevkit). Objects marked "difficult" are always
 # ignored by the VOC evaluation; the dataset records (what training sees) leave them out unless this is True.
 _C.DATASETS.VOC = CN()
@@ -280,6 +385,11 @@ _C.TEST.IMS_PER_BATCH = 8
 # scores averaged over MULTI_SCALE_SIZES shorter sides).
 _C.TEST.CLS_MODE = "center"
 _C.TEST.MULTI_SCALE_SIZES = (224, 256, 384, 480, 640)
+# Localization test input: "center" (shorter side INPUT.LOC.TEST_SHORT_SIZE, centre CROP_SIZE crop) or
+# "dense" (the whole image, fully convolutional, shorter side TEST_SHORT_SIZE or each of LOC_DENSE_SIZES).
+_C.TEST.LOC_MODE = "center"
+# Shorter sides of multi-scale "dense" testing (an input's "image" is then a list); empty: TEST_SHORT_SIZE.
+_C.TEST.LOC_DENSE_SIZES = []
 # Detection test-time options (detres.modeling.test_time; paper, Appendix B). MULTI_SCALE (a group)
 # is the detector's image pyramid, unrelated to the classification key MULTI_SCALE_SIZES above.
 _C.TEST.MULTI_SCALE = CN()

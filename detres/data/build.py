@@ -71,10 +71,15 @@ def build_train_loader(cfg, start_iter: int = 0):
     batch ``start_iter`` of the seeded stream (a resumed run continues exactly where it stopped)."""
     register_from_config(cfg)
     names = list(cfg.DATASETS.TRAIN)
-    if dataset_task(names) == "classification":
+    task = dataset_task(names)
+    if task == "classification":
         from detres.data.classification.loader import build_classification_train_loader
 
         return build_classification_train_loader(cfg, names, start_iter=start_iter)
+    if task == "localization":
+        from detres.data.localization.loader import build_localization_train_loader
+
+        return build_localization_train_loader(cfg, names, start_iter=start_iter)
     from detres.data.detection.loader import build_detection_train_loader
 
     return build_detection_train_loader(cfg, names, start_iter=start_iter)
@@ -83,10 +88,15 @@ def build_train_loader(cfg, start_iter: int = 0):
 def build_test_loader(cfg, dataset_name: str):
     """A finite loader over ``dataset_name`` yielding ``List[dict]`` batches (inference order)."""
     register_from_config(cfg)
-    if dataset_task([dataset_name]) == "classification":
+    task = dataset_task([dataset_name])
+    if task == "classification":
         from detres.data.classification.loader import build_classification_test_loader
 
         return build_classification_test_loader(cfg, dataset_name)
+    if task == "localization":
+        from detres.data.localization.loader import build_localization_test_loader
+
+        return build_localization_test_loader(cfg, dataset_name)
     from detres.data.detection.loader import build_detection_test_loader
 
     return build_detection_test_loader(cfg, dataset_name)

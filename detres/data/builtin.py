@@ -71,3 +71,6 @@ def register_builtin_datasets(cfg) -> None:
     from detres.data.detection.builtin import register_detection_datasets  # imports this module
 
     register_detection_datasets(cfg)
+    from detres.data.localization.builtin import register_localization_datasets  # imports this module
+
+    register_localization_datasets(cfg)

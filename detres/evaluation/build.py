@@ -9,14 +9,15 @@ from detres.data.catalog import MetadataCatalog
 
 EVALUATOR_REGISTRY = Registry("EVALUATOR")
 EVALUATOR_REGISTRY.__doc__ = """
-Registered by evaluator type ("classification", "coco", "voc"); called as
+Registered by evaluator type ("classification", "coco", "voc", "localization"); called as
 ``cls(cfg, dataset_name, output_dir)``. An evaluator has ``reset()``, ``process(inputs, outputs)``
 and ``evaluate() -> Dict[str, float | dict]``.
 """
 
 
 def build_evaluator(cfg, dataset_name: str, output_dir: Optional[str] = None):
-    from detres.evaluation import classification, coco_evaluation, voc_evaluation  # noqa: F401  (registers)
+    from detres.evaluation import (  # noqa: F401  (registers)
+        classification, coco_evaluation, localization_evaluation, voc_evaluation)
 
     kind = getattr(MetadataCatalog.get(dataset_name), "evaluator_type", None)
     if kind is None:

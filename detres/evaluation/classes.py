@@ -2,7 +2,7 @@
 
 * The model's number of classes is a config key chosen by ``MODEL.META_ARCHITECTURE``
   (:data:`NUM_CLASSES_KEYS`): ``MODEL.ROI_HEADS.NUM_CLASSES`` (detection, background excluded) or
-  ``MODEL.CLASSIFIER.NUM_CLASSES`` (classification).
+  ``MODEL.CLASSIFIER.NUM_CLASSES`` (classification, and the localization stages).
 * A dataset's class names are its metadata's ``thing_classes`` (set when it is registered, or when its
   records are loaded, e.g. ImageNet's folders or a custom COCO json).
 * Checkpoints written by detres record the training datasets' names under ``class_names`` (a plain
@@ -25,7 +25,12 @@ __all__ = ["NUM_CLASSES_KEYS", "check_classes", "check_test_datasets", "dataset_
 
 logger = logging.getLogger(__name__)
 
-NUM_CLASSES_KEYS = {"FasterRCNN": "MODEL.ROI_HEADS.NUM_CLASSES", "ImageClassifier": "MODEL.CLASSIFIER.NUM_CLASSES"}
+NUM_CLASSES_KEYS = {
+    "FasterRCNN": "MODEL.ROI_HEADS.NUM_CLASSES",
+    "ImageClassifier": "MODEL.CLASSIFIER.NUM_CLASSES",
+    "PerClassRPNLocalizer": "MODEL.CLASSIFIER.NUM_CLASSES",
+    "RCNNRescorer": "MODEL.CLASSIFIER.NUM_CLASSES",
+}
 
 
 def model_num_classes(cfg) -> Optional[Tuple[str, int]]:

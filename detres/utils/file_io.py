@@ -1,15 +1,17 @@
 """Writing files so that readers never see a partial one, and so that a failed write (disk full,
-permission denied, read-only file system) is one clear :class:`WriteError` naming the file."""
+permission denied, read-only file system) is one clear :class:`WriteError` naming the file; the same
+for whole folders (:func:`build_folder_atomically`)."""
 from __future__ import annotations
 
 import contextlib
 import glob
 import io
 import os
+import shutil
 import tempfile
-from typing import IO, Callable, Iterator, List, Optional
+from typing import IO, Callable, Iterator, List, Optional, Union
 
-__all__ = ["WriteError", "atomic_write", "make_dirs", "remove_partial_writes"]
+__all__ = ["WriteError", "atomic_write", "build_folder_atomically", "make_dirs", "remove_partial_writes"]
 
 
 class WriteError(OSError):
@@ -85,6 +87,31 @@ def atomic_write(path: str, write: Callable[[IO[bytes]], None], suffix: str = ".
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def build_folder_atomically(target: Union[str, os.PathLike], build: Callable[[str], object], marker: str) -> None:
+    """Call ``build(folder)`` on a new temporary folder next to ``target`` (``<name>.tmp-<random>``,
+    parents created) and rename it to ``target``, so that readers never see a half-built folder.
+    ``marker`` (a path inside the folder, e.g. ``"spec.json"``, written last by ``build``) tells a
+    complete folder from an incomplete one: when the rename fails because ``target`` is in the way,
+    a complete ``target`` (another process finished first) is kept and this build discarded, an
+    incomplete one (a stale leftover) is replaced. The temporary folder is always removed: when
+    ``build`` raises, ``target`` is untouched and the error propagates. Callers check ``marker``
+    first to skip the build of a folder that is already there."""
+    target = os.fspath(target)
+    parent = os.path.dirname(os.path.abspath(target))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=os.path.basename(target) + ".tmp-", dir=parent)
+    try:
+        build(tmp)
+        try:
+            os.rename(tmp, target)
+        except OSError:  # another process finished first, or an incomplete folder is in the way
+            if not os.path.isfile(os.path.join(target, marker)):
+                shutil.rmtree(target, ignore_errors=True)
+                os.rename(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def remove_partial_writes(folder: str, name_glob: str = "*", suffix: str = ".tmp") -> List[str]:

@@ -20,8 +20,6 @@ import json
 import logging
 import math
 import os
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,6 +28,8 @@ from typing import List, Optional, Tuple
 import cv2
 import numpy as np
 from pycocotools import mask as mask_utils
+
+from detres.utils.file_io import build_folder_atomically
 
 __all__ = [
     "CLASSES",
@@ -187,26 +187,16 @@ def synthetic_detection_folder(root: os.PathLike, spec: SyntheticDetectionSpec) 
 
 def ensure_synthetic_detection(root: os.PathLike, spec: SyntheticDetectionSpec) -> Path:
     """``root/synthetic_det_<hash of spec>``, generated on first use. Generation happens in a temporary
-    folder renamed into place, so concurrent or interrupted runs never see a half-written dataset."""
+    folder renamed into place (:func:`~detres.utils.file_io.build_folder_atomically`), so concurrent or
+    interrupted runs never see a half-written dataset."""
     target = synthetic_detection_folder(root, spec)
     if (target / "spec.json").is_file():
         return target
-    Path(root).mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=root))
     logger.info("Generating the synthetic detection dataset (%d train + %d val images) into %s",
                 spec.num_train, spec.num_val, target)
     start = time.perf_counter()
-    try:
-        generate_synthetic_detection(tmp, spec)
-        logger.info("Generated %s in %.1f s", target, time.perf_counter() - start)
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process finished first, or a stale incomplete folder is in the way
-            if not (target / "spec.json").is_file():
-                shutil.rmtree(target, ignore_errors=True)
-                os.rename(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_folder_atomically(target, lambda tmp: generate_synthetic_detection(tmp, spec), marker="spec.json")
+    logger.info("Generated %s in %.1f s", target, time.perf_counter() - start)
     return target
 
 
