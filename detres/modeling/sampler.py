@@ -35,3 +35,12 @@ class BalancedSampler:
         pos_idx = pos_idx[torch.randperm(pos_idx.numel(), device=pos_idx.device)[:num_pos]]
         neg_idx = neg_idx[torch.randperm(neg_idx.numel(), device=neg_idx.device)[:num_neg]]
         return pos_idx, neg_idx
+
+    def sample_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Matcher labels ``(N,)`` (1 positive, 0 negative, -1 ignored) -> the sampled ones: 1 / 0 for
+        the drawn positives / negatives, -1 for everything else."""
+        pos_idx, neg_idx = self(labels == 1, labels == 0)
+        sampled = torch.full_like(labels, -1)
+        sampled[pos_idx] = 1
+        sampled[neg_idx] = 0
+        return sampled

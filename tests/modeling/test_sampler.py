@@ -41,3 +41,12 @@ def test_invalid():
         BalancedSampler(0, 0.5)
     with pytest.raises(ValueError):
         BalancedSampler(256, 1.5)
+
+
+def test_sample_labels_marks_the_drawn_elements_and_ignores_the_rest():
+    torch.manual_seed(0)
+    labels = torch.tensor([1, 1, 1, 0, 0, 0, 0, 0, -1, -1])
+    sampled = BalancedSampler(4, 0.5).sample_labels(labels)
+    assert (sampled == 1).sum() == 2 and (sampled == 0).sum() == 2 and (sampled == -1).sum() == 6
+    assert (labels[sampled == 1] == 1).all() and (labels[sampled == 0] == 0).all()
+    assert (sampled[8:] == -1).all()

@@ -139,11 +139,7 @@ class PerClassRPN(nn.Module):
         for boxes in gt_boxes:
             boxes = boxes.to(anchors)
             matches, labels = self.matcher(box_iou(boxes, anchors))
-            pos_idx, neg_idx = self.sampler(labels == 1, labels == 0)
-            sampled = torch.full_like(labels, -1)
-            sampled[pos_idx] = 1
-            sampled[neg_idx] = 0
-            all_labels.append(sampled)
+            all_labels.append(self.sampler.sample_labels(labels))
             all_boxes.append(boxes[matches] if len(boxes) else torch.zeros_like(anchors))
         return torch.stack(all_labels), torch.stack(all_boxes)
 

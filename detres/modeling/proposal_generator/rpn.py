@@ -136,11 +136,7 @@ class RPN(nn.Module):
                 labels[~inside_image(anchors, image_size, self.boundary_thresh)] = -1
             if "crowd_boxes" in target:
                 ignore_crowd_overlaps(labels, anchors, target["crowd_boxes"], self.crowd_overlap_thresh)
-            pos_idx, neg_idx = self.sampler(labels == 1, labels == 0)
-            sampled = torch.full_like(labels, -1)
-            sampled[pos_idx] = 1
-            sampled[neg_idx] = 0
-            all_labels.append(sampled)
+            all_labels.append(self.sampler.sample_labels(labels))
             all_boxes.append(gt_boxes[matches] if len(gt_boxes) else torch.zeros_like(anchors))
         return torch.stack(all_labels), torch.stack(all_boxes)
 
