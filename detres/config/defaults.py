@@ -200,6 +200,10 @@ _C.MODEL.LOCALIZER.CLASSIFIER_CONFIGS = []
 _C.MODEL.LOCALIZER.CLASSIFIER_WEIGHTS = []
 _C.MODEL.LOCALIZER.RESCORER_CONFIG = ""
 _C.MODEL.LOCALIZER.RESCORER_WEIGHTS = ""
+# The score a rescored proposal is ranked by: "rescorer" (the paper: the R-CNN's class probability replaces
+# the RPN's) or "product" (the R-CNN's probability times the per-class RPN's: both stages' evidence, for a
+# rescorer too weak to rank the proposals alone, as the quickstart's).
+_C.MODEL.LOCALIZER.RESCORED_SCORE = "rescorer"
 
 # ---------------------------------------------------------------------------- localization: R-CNN rescorer
 # The R-CNN stage of the paper's ImageNet localization (Appendix C, meta-architecture "RCNNRescorer"): each

@@ -206,6 +206,22 @@ class FakeRescorer:
         return [p[:, 0].clone() for p in proposals], [p + torch.tensor([1.0, 0.0, 1.0, 0.0]) for p in proposals]
 
 
+@pytest.mark.parametrize("rescored_score, best", [("rescorer", [10.0, 0.0, 31.0, 30.0]),
+                                                   ("product", [9.5, 2.0, 21.0, 20.0])])
+def test_the_rescored_score_ranks_the_refined_proposals(rescored_score, best):
+    localizer = build_model(tiny_cfg(RESCORED_SCORE=rescored_score)).eval()
+    # RPN scores 1.0, 0.9, 0.8; rescorer scores 8.5, 9, 5: products 8.5, 8.1, 4
+    fixed_proposals(localizer, {1: [[8.5, 2.0, 20.0, 20.0], [9.0, 0.0, 30.0, 30.0], [5.0, 5.0, 12.0, 12.0]]})
+    object.__setattr__(localizer, "rescorer", FakeRescorer())
+    out = localizer([{"image": torch.zeros(3, 32, 32, dtype=torch.uint8), "label": 1}])[0]
+    torch.testing.assert_close(out["gt_class_box"], torch.tensor(best))
+
+
+def test_an_unknown_rescored_score_is_a_config_error():
+    with pytest.raises(ConfigError, match="RESCORED_SCORE must be one of .'rescorer', 'product'., got 'sum'"):
+        build_model(tiny_cfg(RESCORED_SCORE="sum"))
+
+
 def test_the_rescorer_chooses_among_the_proposals_of_each_class():
     localizer = build_model(tiny_cfg()).eval()
     fixed_proposals(localizer, {1: [[2.0, 2.0, 20.0, 20.0], [9.0, 0.0, 30.0, 30.0], [5.0, 5.0, 12.0, 12.0]]})

@@ -339,3 +339,15 @@ def test_a_classifier_checkpoint_fills_the_trunk(tmp_path):
         torch.testing.assert_close(value, source[name], rtol=0, atol=0)
     assert model.box_predictor.cls_score.weight.shape == (NUM_CLASSES + 1, 64)
     assert model.box_predictor.bbox_pred.weight.shape == (4 * NUM_CLASSES, 64)
+
+
+def test_a_rescorer_checkpoint_for_other_classes_names_the_classifier_key(tmp_path):
+    path = tmp_path / "rescorer.pth"
+    torch.save({"model": tiny_model().state_dict()}, path)
+    cfg = tiny_cfg()
+    cfg.MODEL.CLASSIFIER.NUM_CLASSES = 5
+    report = load_weights(build_model(cfg), str(path))
+    assert [str(m) for m in report.class_mismatch] == [
+        "3 classes (+ background) in box_predictor.cls_score, box_predictor.bbox_pred but "
+        "MODEL.CLASSIFIER.NUM_CLASSES is 5"]
+    assert report.only_class_layers_differ and report.class_mismatch[0].fix == "set MODEL.CLASSIFIER.NUM_CLASSES 3"

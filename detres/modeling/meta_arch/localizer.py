@@ -6,8 +6,9 @@ Test-time pipeline, per image: the attached classifiers (``MODEL.LOCALIZER.CLASS
 ``CLASSIFIER_WEIGHTS``, softmax averaged) give the top-5 classes; the per-class RPN gives, for each of
 them and for the ground-truth class, its best box -- or, with an attached R-CNN rescorer
 (``MODEL.LOCALIZER.RESCORER_CONFIG`` / ``RESCORER_WEIGHTS``), its ``POST_NMS_TOPK_TEST`` (200) best
-boxes, which the rescorer scores and refines before the best is taken. Attached models are loaded when
-the localizer is built and are not part of its ``state_dict()`` (see :mod:`.class_predictor`).
+boxes, which the rescorer scores and refines before the best is taken (ranked by the rescorer's
+probability, or its product with the RPN's: ``MODEL.LOCALIZER.RESCORED_SCORE``). Attached models are
+loaded when the localizer is built and are not part of its ``state_dict()`` (see :mod:`.class_predictor`).
 
 An input ``"image"`` is a ``(3, H, W)`` tensor or a list of such views covering the same region (e.g.
 the shorter sides of multi-scale dense testing): each view is run fully convolutionally, its boxes
@@ -28,12 +29,14 @@ from detres.modeling.backbone import build_backbone
 from detres.modeling.box_ops import clip_boxes, scale_boxes
 from detres.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detres.modeling.meta_arch.class_predictor import ClassifierEnsemble, load_attached_model
+from detres.modeling.meta_arch.loc_inputs import input_gt_boxes, input_label, input_name
 from detres.modeling.meta_arch.classifier import normalize_images
 from detres.modeling.proposal_generator.per_class_rpn import PerClassRPN, select_per_class
 
 __all__ = ["NUM_GUESSES", "PerClassRPNLocalizer", "boxes_to_original", "input_views"]
 
 NUM_GUESSES = 5  # ILSVRC: five (class, box) guesses per image
+RESCORED_SCORES = ("rescorer", "product")  # MODEL.LOCALIZER.RESCORED_SCORE
 
 
 def input_views(x: Dict[str, Any]) -> List[torch.Tensor]:
@@ -43,7 +46,7 @@ def input_views(x: Dict[str, Any]) -> List[torch.Tensor]:
     views = list(image) if isinstance(image, (list, tuple)) or image.dim() == 4 else [image]
     if not views or any(not torch.is_tensor(v) or v.dim() != 3 or v.shape[0] != 3 for v in views):
         shape = [tuple(v.shape) for v in views] if isinstance(image, (list, tuple)) else tuple(image.shape)
-        raise ValueError(f"{_name(x)}: 'image' must be (3, H, W), (V, 3, H, W) or a list of (3, H, W) tensors, "
+        raise ValueError(f"{input_name(x)}: 'image' must be (3, H, W), (V, 3, H, W) or a list of (3, H, W) tensors, "
                          f"got {shape}")
     return views
 
@@ -54,10 +57,6 @@ def boxes_to_original(boxes: torch.Tensor, input_size: Tuple[int, int], crop_box
     x0, y0, x1, y1 = (float(v) for v in crop_box)
     scaled = scale_boxes(boxes, (x1 - x0) / input_size[1], (y1 - y0) / input_size[0])
     return scaled + scaled.new_tensor([x0, y0, x0, y0])
-
-
-def _name(x: Dict[str, Any]) -> str:
-    return str(x.get("image_id", x.get("file_name", "input")))
 
 
 def _backbone_cfg(cfg):
@@ -104,6 +103,10 @@ class PerClassRPNLocalizer(nn.Module):
         # Plain attributes, not submodules: not in state_dict(), parameters() or the optimizer.
         object.__setattr__(self, "classifiers", classifiers)
         object.__setattr__(self, "rescorer", self._load_rescorer(cfg))
+        self.rescored_score = cfg.MODEL.LOCALIZER.RESCORED_SCORE
+        if self.rescored_score not in RESCORED_SCORES:
+            raise ConfigError(f"MODEL.LOCALIZER.RESCORED_SCORE must be one of {RESCORED_SCORES}, "
+                              f"got {self.rescored_score!r}")
 
     def _load_rescorer(self, cfg) -> Optional[nn.Module]:
         loc = cfg.MODEL.LOCALIZER
@@ -139,27 +142,10 @@ class PerClassRPNLocalizer(nn.Module):
         if any(not torch.is_tensor(im) or im.dim() != 3 for im in images) or len({im.shape for im in images}) != 1:
             raise ValueError("localizer training needs one (3, S, S) crop per input, all of the same size; got "
                              f"{[tuple(im.shape) if torch.is_tensor(im) else type(im).__name__ for im in images]}")
-        labels = torch.as_tensor([self._label(x) for x in batched_inputs], device=self.device)
-        gt_boxes = [self._gt_boxes(x) for x in batched_inputs]
+        labels = torch.as_tensor([input_label(x, self.num_classes) for x in batched_inputs], device=self.device)
+        gt_boxes = [input_gt_boxes(x, self.device) for x in batched_inputs]
         features = self.backbone(self.normalize(torch.stack(images)))
         return self.per_class_rpn.losses(features, labels, gt_boxes)
-
-    def _label(self, x: Dict[str, Any]) -> int:
-        if "label" not in x:
-            raise ValueError(f"{_name(x)}: the input has no 'label'")
-        label = int(x["label"])
-        if not 0 <= label < self.num_classes:
-            raise ValueError(f"{_name(x)}: label {label} outside [0, {self.num_classes}) "
-                             "(MODEL.CLASSIFIER.NUM_CLASSES)")
-        return label
-
-    def _gt_boxes(self, x: Dict[str, Any]) -> torch.Tensor:
-        if "gt_boxes" not in x:
-            raise ValueError(f"{_name(x)}: localizer training inputs need 'gt_boxes' (K, 4)")
-        boxes = torch.as_tensor(x["gt_boxes"], dtype=torch.float32, device=self.device)
-        if boxes.numel() and (boxes.dim() != 2 or boxes.shape[1] != 4):
-            raise ValueError(f"{_name(x)}: gt_boxes must be (K, 4), got {tuple(boxes.shape)}")
-        return boxes.reshape(-1, 4)
 
     # ------------------------------------------------------------------ proposals
     @torch.no_grad()
@@ -210,10 +196,11 @@ class PerClassRPNLocalizer(nn.Module):
         wanted = []
         for i, x in enumerate(batched_inputs):
             found = [] if top_classes is None else top_classes[i].tolist()
-            if "label" in x and self._label(x) not in found:
-                found.append(self._label(x))
+            label = input_label(x, self.num_classes) if "label" in x else None
+            if label is not None and label not in found:
+                found.append(label)
             if not found:
-                raise ValueError(f"{_name(x)}: nothing to localize: the input has no 'label' and no classifier is "
+                raise ValueError(f"{input_name(x)}: nothing to localize: the input has no 'label' and no classifier is "
                                  "attached (MODEL.LOCALIZER.CLASSIFIER_CONFIGS)")
             wanted.append(found)
         topk = 1 if self.rescorer is None else self.proposals_per_class
@@ -223,6 +210,8 @@ class PerClassRPNLocalizer(nn.Module):
             first_views = [{**x, "image": v[0]} for x, v in zip(batched_inputs, views)]
             scores, boxes = self.rescorer.rescore(first_views, [p["boxes"] for p in proposals],
                                                   [p["classes"] for p in proposals])
+            if self.rescored_score == "product":
+                scores = [s * p["scores"] for s, p in zip(scores, proposals)]
             proposals = [{**p, "scores": s, "boxes": b} for p, s, b in zip(proposals, scores, boxes)]
         outputs = []
         for i, (x, image_views, found) in enumerate(zip(batched_inputs, views, wanted)):

@@ -35,6 +35,7 @@ from detres.modeling.matcher import Matcher
 from detres.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detres.modeling.meta_arch.class_predictor import load_attached_model
 from detres.modeling.meta_arch.classifier import normalize_images
+from detres.modeling.meta_arch.loc_inputs import input_gt_boxes, input_label, input_name
 from detres.modeling.roi_heads.box_predictor import BoxPredictor
 from detres.modeling.sampler import BalancedSampler
 from detres.utils.events import get_event_storage
@@ -70,10 +71,6 @@ def warp_regions(image: torch.Tensor, boxes: torch.Tensor, output_size: int, con
     (an area average when shrinking)."""
     regions = context_boxes(boxes.to(image.dtype), output_size, context_pad)
     return roi_align(image[None], [regions], output_size, 1.0, sampling_ratio, aligned=True)
-
-
-def _input_name(x: Dict[str, Any]) -> str:
-    return str(x.get("file_name", x.get("image_id", "input")))
 
 
 def _load_localizer(cfg) -> Optional[nn.Module]:
@@ -164,7 +161,7 @@ class RCNNRescorer(nn.Module):
         image = x["image"]
         if not torch.is_tensor(image) or image.dim() != 3 or image.shape[0] != 3:
             shape = tuple(image.shape) if torch.is_tensor(image) else type(image).__name__
-            raise ValueError(f"{_input_name(x)}: expected a (3, H, W) image tensor, got {shape}")
+            raise ValueError(f"{input_name(x)}: expected a (3, H, W) image tensor, got {shape}")
         return normalize_images(image.to(self.device, torch.float32), self.pixel_mean, self.pixel_std)
 
     def warp(self, image: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
@@ -204,7 +201,7 @@ class RCNNRescorer(nn.Module):
         of its ``"label"`` (the localizer runs once on the inputs lacking proposals)."""
         missing = [x for x in batched_inputs if "proposals" not in x]
         if missing and self.localizer is None:
-            raise ValueError(f"{_input_name(missing[0])}: no 'proposals' in the input and no localizer attached "
+            raise ValueError(f"{input_name(missing[0])}: no 'proposals' in the input and no localizer attached "
                              f"(set MODEL.RESCORER.LOCALIZER_CONFIG and LOCALIZER_WEIGHTS)")
         generated = iter(self._localizer_proposals(missing) if missing else [])
         out = []
@@ -212,25 +209,16 @@ class RCNNRescorer(nn.Module):
             boxes = x["proposals"] if "proposals" in x else next(generated)
             boxes = torch.as_tensor(boxes, dtype=torch.float32, device=self.device)
             if boxes.dim() != 2 or boxes.shape[1] != 4:
-                raise ValueError(f"{_input_name(x)}: proposals must be (P, 4), got {tuple(boxes.shape)}")
+                raise ValueError(f"{input_name(x)}: proposals must be (P, 4), got {tuple(boxes.shape)}")
             out.append(boxes)
         return out
 
     def _localizer_proposals(self, batched_inputs: List[Dict[str, Any]]) -> List[torch.Tensor]:
         """The attached localizer's best boxes ``(P, 4)`` for each input's ground-truth class."""
         localizer = self.localizer.to(self.device).eval()
-        classes = [torch.tensor([self._label(x)], device=self.device) for x in batched_inputs]
+        classes = [torch.tensor([input_label(x, self.num_classes)], device=self.device) for x in batched_inputs]
         boxes, _ = localizer.class_proposals(batched_inputs, classes, self.proposals_per_class)
         return [b.reshape(-1, 4) for b in boxes]
-
-    def _label(self, x: Dict[str, Any]) -> int:
-        if "label" not in x:
-            raise ValueError(f"{_input_name(x)}: training inputs need a 'label'")
-        label = int(x["label"])
-        if not 0 <= label < self.num_classes:
-            raise ValueError(f"{_input_name(x)}: label {label} outside [0, {self.num_classes}) "
-                             f"(MODEL.CLASSIFIER.NUM_CLASSES)")
-        return label
 
     @torch.no_grad()
     def label_and_sample(self, x: Dict[str, Any], proposals: torch.Tensor
@@ -238,13 +226,8 @@ class RCNNRescorer(nn.Module):
         """One input's sampled regions: boxes ``(S, 4)`` (its proposals plus ``"gt_boxes"``), classes
         ``(S,)`` (the label, or C: background) and matched ground-truth boxes ``(S, 4)`` (zeros when K = 0),
         positives first."""
-        label = self._label(x)
-        if "gt_boxes" not in x:
-            raise ValueError(f"{_input_name(x)}: training inputs need 'gt_boxes' (K, 4)")
-        gt_boxes = torch.as_tensor(x["gt_boxes"], dtype=torch.float32, device=self.device)
-        if gt_boxes.numel() and (gt_boxes.dim() != 2 or gt_boxes.shape[1] != 4):
-            raise ValueError(f"{_input_name(x)}: gt_boxes must be (K, 4), got {tuple(gt_boxes.shape)}")
-        gt_boxes = gt_boxes.reshape(-1, 4)
+        label = input_label(x, self.num_classes)
+        gt_boxes = input_gt_boxes(x, self.device)
         boxes = torch.cat([proposals, gt_boxes])
         matches, labels = self.matcher(box_iou(gt_boxes, boxes))
         classes = torch.where(labels == 1, label, self.num_classes).to(torch.int64)
@@ -271,7 +254,7 @@ class RCNNRescorer(nn.Module):
             boxes = torch.as_tensor(boxes, dtype=torch.float32, device=self.device).reshape(-1, 4)
             cls = torch.as_tensor(cls, dtype=torch.int64, device=self.device).reshape(-1)
             if len(cls) != len(boxes) or (len(cls) and (cls.min() < 0 or cls.max() >= self.num_classes)):
-                raise ValueError(f"{_input_name(x)}: rescore needs one class in [0, {self.num_classes}) per "
+                raise ValueError(f"{input_name(x)}: rescore needs one class in [0, {self.num_classes}) per "
                                  f"proposal; got {len(boxes)} proposals and classes {cls.tolist()[:10]}")
             image = self.normalized_image(x)
             chunks = [self._rescore_chunk(image, b, c)
@@ -295,7 +278,7 @@ class RCNNRescorer(nn.Module):
         per input ``{"scores": (P,), "boxes": (P, 4)}`` in input pixels."""
         for x in batched_inputs:
             if "proposals" not in x or "proposal_classes" not in x:
-                raise ValueError(f"{_input_name(x)}: RCNNRescorer evaluates given proposals: the input needs "
+                raise ValueError(f"{input_name(x)}: RCNNRescorer evaluates given proposals: the input needs "
                                  f"'proposals' (P, 4) and 'proposal_classes' (P,); the localizer runs the pipeline")
         scores, boxes = self.rescore(batched_inputs, [x["proposals"] for x in batched_inputs],
                                      [x["proposal_classes"] for x in batched_inputs])

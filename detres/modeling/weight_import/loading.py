@@ -21,8 +21,11 @@ logger = logging.getLogger(__name__)
 _COUNTER = "num_batches_tracked"  # BatchNorm's step counter: not a weight, never reported
 # Class-dependent layers: (name pattern, outputs per class, extra outputs (background), config key of the count)
 _CLASS_LAYERS = (
-    (re.compile(r"(^|\.)box_predictor\.cls_score\.(weight|bias)$"), 1, 1, "MODEL.ROI_HEADS.NUM_CLASSES"),
-    (re.compile(r"(^|\.)box_predictor\.bbox_pred\.(weight|bias)$"), 4, 0, "MODEL.ROI_HEADS.NUM_CLASSES"),
+    (re.compile(r"(^|\.)roi_heads\.box_predictor\.cls_score\.(weight|bias)$"), 1, 1, "MODEL.ROI_HEADS.NUM_CLASSES"),
+    (re.compile(r"(^|\.)roi_heads\.box_predictor\.bbox_pred\.(weight|bias)$"), 4, 0, "MODEL.ROI_HEADS.NUM_CLASSES"),
+    # the R-CNN rescorer of ImageNet localization: its own box predictor, as many classes as its classifier
+    (re.compile(r"^box_predictor\.cls_score\.(weight|bias)$"), 1, 1, "MODEL.CLASSIFIER.NUM_CLASSES"),
+    (re.compile(r"^box_predictor\.bbox_pred\.(weight|bias)$"), 4, 0, "MODEL.CLASSIFIER.NUM_CLASSES"),
     (re.compile(r"(^|\.)linear\.(weight|bias)$"), 1, 0, "MODEL.CLASSIFIER.NUM_CLASSES"),
 )
 _PREDICTOR_LAYER = re.compile(r"(^|\.)box_predictor\.(cls_score|bbox_pred)\.(weight|bias)$")
