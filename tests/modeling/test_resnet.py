@@ -8,7 +8,8 @@ import detres
 from detres.config import get_cfg
 from detres.modeling.backbone import ShapeSpec, create_backbone
 from detres.modeling.backbone.build import backbone_cfg
-from detres.modeling.backbone.resnet import BasicBlock, BottleneckBlock, build_res5_stage, make_stage
+from detres.modeling.backbone.blocks import BasicBlock, BottleneckBlock, make_stage
+from detres.modeling.backbone.resnet import build_res5_stage
 from detres.modeling.norm import FrozenBatchNorm2d
 from detres.utils.analysis import count_flops, count_parameters
 

@@ -6,7 +6,7 @@ from torch.nn import functional as F
 
 from detres.config import get_cfg
 from detres.modeling.backbone.backbone import ShapeSpec
-from detres.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+from detres.modeling.backbone.blocks import BasicBlock, BottleneckBlock
 from detres.modeling.box_coder import BoxCoder
 from detres.modeling.roi_heads import build_roi_heads
 from detres.modeling.roi_heads.box_predictor import BoxPredictor

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from detres.config import load_config
-from detres.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ConvNorm
+from detres.modeling.backbone.blocks import BasicBlock, BottleneckBlock, ConvNorm
 from detres.modeling.meta_arch.build import build_model
 from detres.modeling.norm import FrozenBatchNorm2d, fixed_affine
 from tests.conftest import REPO_ROOT

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from detres.modeling.backbone.build import backbone_cfg, build_backbone
-from detres.modeling.backbone.resnet import ConvNorm
+from detres.modeling.backbone.blocks import ConvNorm
 from detres.utils.analysis import layer_responses, response_layers
 
 EPS = 1e-5  # nn.BatchNorm2d's default

@@ -71,7 +71,7 @@ def test_calibration_reaches_norms_folded_into_their_convolutions(benchmark_tool
     """A ConvNorm folds its norm (MODEL.FOLD_NORM): the norm never runs, yet calibration must set it."""
     import torch
 
-    from detres.modeling.backbone.resnet import ConvNorm
+    from detres.modeling.backbone.blocks import ConvNorm
 
     layer = ConvNorm(3, 8, 3, norm="FrozenBN")
     assert layer.fold_norm

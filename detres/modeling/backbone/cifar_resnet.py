@@ -4,7 +4,8 @@
 BasicBlocks with 16/32/64 filters (``MODEL.CIFAR_RESNETS.WIDTHS``) on 32/16/8 maps (strides 1/2/4),
 global average pooling and ``linear``. Shortcut option A by default (the paper's CIFAR choice: all
 models then have exactly the parameters of their plain counterparts); B/C and ``PLAIN`` as in
-:mod:`detres.modeling.backbone.resnet`, whose blocks, stages and ``ResNet`` module are reused.
+:mod:`detres.modeling.backbone.blocks`, whose blocks and stages are reused with the ``ResNet`` module of
+:mod:`detres.modeling.backbone.resnet`.
 
 Study variants (:class:`CifarResNet`, same module names as the plain ResNet, so checkpoints carry over):
 
@@ -25,16 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from detres.modeling.backbone.build import BACKBONE_REGISTRY
-from detres.modeling.backbone.resnet import (
-    BasicBlock,
-    ConvNorm,
-    NormSpec,
-    ResNet,
-    init_weights,
-    make_stage,
-    num_stages_needed,
-    option_a_shortcut,
-)
+from detres.modeling.backbone.blocks import BasicBlock, ConvNorm, NormSpec, init_weights, make_stage, option_a_shortcut
+from detres.modeling.backbone.resnet import ResNet, num_stages_needed
 from detres.modeling.norm import freeze_batchnorm
 
 __all__ = ["CifarResNet", "CifarStem", "OptionAShortcut", "cifar_resnet", "stage_shortcut"]

@@ -28,7 +28,7 @@ def apply_speed_options(cfg, model: nn.Module) -> nn.Module:
     """``MODEL.FOLD_NORM`` (batch norm folded into convolutions where it is a fixed affine map) and
     ``MODEL.COMPILE`` (``nn.Module.compile`` of the backbone and the RoI head's res5, in place, so that
     parameter and state-dict names do not change). Returns ``model``."""
-    from detres.modeling.backbone.resnet import ConvNorm
+    from detres.modeling.backbone.blocks import ConvNorm
 
     for module in model.modules():
         if isinstance(module, ConvNorm):
