@@ -29,8 +29,8 @@ from detres.modeling.backbone import build_backbone
 from detres.modeling.box_ops import clip_boxes, scale_boxes
 from detres.modeling.meta_arch.build import META_ARCH_REGISTRY
 from detres.modeling.meta_arch.class_predictor import ClassifierEnsemble, load_attached_model
-from detres.modeling.meta_arch.loc_inputs import input_gt_boxes, input_label, input_name
 from detres.modeling.meta_arch.classifier import normalize_images
+from detres.modeling.meta_arch.loc_inputs import input_gt_boxes, input_label, input_name
 from detres.modeling.proposal_generator.per_class_rpn import PerClassRPN, select_per_class
 
 __all__ = ["NUM_GUESSES", "PerClassRPNLocalizer", "boxes_to_original", "input_views"]
