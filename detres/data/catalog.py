@@ -9,15 +9,16 @@ A record is a plain dict describing one image:
   (PASCAL VOC annotations also carry ``"difficult": 0|1``; its ``image_id`` is the VOC id string).
 
 Metadata (``MetadataCatalog.get(name)``) is a ``types.SimpleNamespace`` that carries at least
-``task`` ("classification" | "detection"), ``evaluator_type`` ("classification" | "coco" | "voc") and
+``task`` ("classification" | "detection" | "localization"), ``evaluator_type`` ("classification", "coco",
+"voc", "localization") and
 ``thing_classes`` (list of class names).
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-__all__ = ["DatasetCatalog", "MetadataCatalog"]
+__all__ = ["DatasetCatalog", "MetadataCatalog", "load_task_datasets"]
 
 
 class _DatasetCatalog:
@@ -82,3 +83,19 @@ class _MetadataCatalog:
 
 DatasetCatalog = _DatasetCatalog()
 MetadataCatalog = _MetadataCatalog()
+
+
+def load_task_datasets(names: Sequence[str], task: str) -> List[Tuple[str, List[dict]]]:
+    """``(name, records)`` of each dataset of ``names``, checked to be datasets of ``task`` that share
+    ``thing_classes`` (loading a dataset may record its classes in the metadata, so it comes first)."""
+    loaded, classes = [], None
+    for name in names:
+        records = DatasetCatalog.get(name)
+        meta = MetadataCatalog.get(name)
+        if getattr(meta, "task", None) != task:
+            raise ValueError(f"dataset {name!r} is not a {task} dataset (task={getattr(meta, 'task', None)!r})")
+        if classes is not None and getattr(meta, "thing_classes", None) != classes:
+            raise ValueError(f"datasets {list(names)} do not share the same thing_classes; cannot use them together")
+        classes = getattr(meta, "thing_classes", None)
+        loaded.append((name, records))
+    return loaded

@@ -27,7 +27,7 @@ import numpy as np
 from torch.utils.data import DataLoader, Dataset
 
 from detres.data.build import DatasetFormatError
-from detres.data.catalog import DatasetCatalog, MetadataCatalog
+from detres.data.catalog import load_task_datasets
 from detres.data.detection.mapper import DetectionDatasetMapper, ImageReadError
 from detres.data.samplers import GroupedBatchSampler, InferenceSampler, TrainingSampler, trivial_batch_collator
 from detres.utils.env import resolve_seed
@@ -41,16 +41,7 @@ _MAX_BAD_DRAWS = 10
 def get_detection_records(names: Sequence[str], filter_empty: bool) -> List[dict]:
     """Records of the named datasets concatenated; with ``filter_empty`` only images that have at least
     one non-crowd box. The datasets must share ``thing_classes``."""
-    records, classes = [], None
-    for name in names:
-        dataset = DatasetCatalog.get(name)
-        meta = MetadataCatalog.get(name)
-        if getattr(meta, "task", None) != "detection":
-            raise ValueError(f"dataset {name!r} is not a detection dataset (task={getattr(meta, 'task', None)!r})")
-        if classes is not None and getattr(meta, "thing_classes", None) != classes:
-            raise ValueError(f"datasets {list(names)} do not share the same thing_classes; cannot train on them together")
-        classes = getattr(meta, "thing_classes", None)
-        records.extend(dataset)
+    records = [r for _, dataset in load_task_datasets(names, "detection") for r in dataset]
     if filter_empty:
         kept = [r for r in records if any(not a.get("iscrowd", 0) for a in r["annotations"])]
         logger.info("Removed %d images without non-crowd boxes; %d images left.", len(records) - len(kept), len(kept))

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from detres.data.build import DatasetFormatError
-from detres.data.catalog import DatasetCatalog, MetadataCatalog
+from detres.data.catalog import load_task_datasets
 from detres.data.classification.loader import ClassificationTrainLoader, KeyedTrainingSampler, _resolve_seed
 from detres.data.detection.mapper import read_image
 from detres.data.localization.transforms import LocTestViews, LocTrainAugmentation
@@ -52,15 +52,7 @@ logger = logging.getLogger(__name__)
 def get_localization_records(names: Sequence[str]) -> List[dict]:
     """The records of the localization datasets ``names`` concatenated; they must share ``thing_classes``."""
     records: List[dict] = []
-    classes = None
-    for name in names:
-        loaded = DatasetCatalog.get(name)  # loading may record the class list in the metadata
-        meta = MetadataCatalog.get(name)
-        if getattr(meta, "task", None) != "localization":
-            raise ValueError(f"dataset {name!r} is not a localization dataset (task={getattr(meta, 'task', None)!r})")
-        if classes is not None and getattr(meta, "thing_classes", None) != classes:
-            raise ValueError(f"datasets {list(names)} do not share the same thing_classes; cannot use them together")
-        classes = getattr(meta, "thing_classes", None)
+    for name, loaded in load_task_datasets(names, "localization"):
         if not loaded:
             raise ValueError(f"dataset {name!r} has no images")
         records += loaded
