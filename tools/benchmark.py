@@ -20,8 +20,9 @@ while they are timed.
 
 ``--options`` times detres alone with each speed option added in turn to the plain path (no option):
 batch norm folded into the convolutions (``MODEL.FOLD_NORM``), channels-last memory
-(``MODEL.CHANNELS_LAST``), ``torch.compile`` (``MODEL.COMPILE``) and bfloat16 autocast (``TEST.AMP``
-/ ``SOLVER.AMP``): inference s/image and training s/iteration, the ratio to plain, and how many of
+(``MODEL.CHANNELS_LAST``), RoIAlign as weighted row sums on CPU (``MODEL.CPU_ROI_ALIGN``; these three
+are the defaults), then ``torch.compile`` (``MODEL.COMPILE``) or bfloat16 autocast (``TEST.AMP`` /
+``SOLVER.AMP``) on top of them: inference s/image and training s/iteration, the ratio to plain, and how many of
 the plain path's detections each option reproduces (same class, IoU > 0.99, score within 1e-3).
 
 ``--data`` times the training data loader (``DATALOADER.NUM_WORKERS`` workers, and the main process
@@ -181,13 +182,17 @@ def benchmark(cfg, args) -> Dict[str, Dict[str, float]]:
     return results
 
 
+_PLAIN = ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False", "MODEL.CPU_ROI_ALIGN", "torchvision"]
+_FOLD = _PLAIN + ["MODEL.FOLD_NORM", "True"]
+_CHANNELS_LAST = _FOLD + ["MODEL.CHANNELS_LAST", "True"]
+_ALL = _CHANNELS_LAST + ["MODEL.CPU_ROI_ALIGN", "embedding_bag"]  # the shipped defaults
 SPEED_OPTIONS = {
-    "plain (no option)": ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False"],
-    "+ fold norm": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "False"],
-    "+ channels-last": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "True"],
-    "+ torch.compile": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "True", "MODEL.COMPILE", "default"],
-    "+ bf16 autocast": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "True", "TEST.AMP.ENABLED", "True",
-                        "SOLVER.AMP.ENABLED", "True"],
+    "plain (no option)": _PLAIN,
+    "+ fold norm": _FOLD,
+    "+ channels-last": _CHANNELS_LAST,
+    "+ embedding-bag RoIAlign": _ALL,
+    "+ torch.compile": _ALL + ["MODEL.COMPILE", "default"],
+    "+ bf16 autocast": _ALL + ["TEST.AMP.ENABLED", "True", "SOLVER.AMP.ENABLED", "True"],
 }
 
 

@@ -33,6 +33,10 @@ _C.MODEL.FOLD_NORM = True
 # torch.compile the backbone and the RoI head's per-region network ("" off, or a mode: "default",
 # "reduce-overhead", "max-autotune"); the first batches are slow while it compiles.
 _C.MODEL.COMPILE = ""
+# RoIAlign on CPU: "embedding_bag" (weighted sums of channels-last feature rows, only the bins the head
+# reads: same values within float rounding, several times faster forwards and backwards) or
+# "torchvision" (its kernel). GPUs and exports always use torchvision's.
+_C.MODEL.CPU_ROI_ALIGN = "embedding_bag"
 
 _C.MODEL.BACKBONE = CN()
 # Registry name of the backbone builder: "resnet" (ImageNet family) or "cifar_resnet".

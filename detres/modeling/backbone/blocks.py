@@ -134,11 +134,21 @@ class ResidualBlock(nn.Module):
     # are all strided 1x1 convs set it and build those convs with stride 1: the same sums, and the
     # branches read a contiguous tensor 1/s^2 the size, e.g. a C4 head's pooled regions).
     input_stride: int = 1
+    # Set by :meth:`expect_subsampled_input`: the caller has already subsampled the input.
+    input_subsampled: bool = False
+
+    def expect_subsampled_input(self) -> int:
+        """From now on take inputs already subsampled by the returned ``input_stride`` (e.g. a C4 head
+        then pools only the bins this block reads)."""
+        self.input_subsampled = True
+        return self.input_stride
 
     def subsample(self, x: torch.Tensor) -> torch.Tensor:
         if self.input_stride == 1:
             return x
-        return x[:, :, ::self.input_stride, ::self.input_stride].contiguous(memory_format=self.memory_format())
+        if not self.input_subsampled:
+            x = x[:, :, ::self.input_stride, ::self.input_stride]
+        return x.contiguous(memory_format=self.memory_format())
 
     def memory_format(self) -> torch.memory_format:
         return torch.contiguous_format

@@ -2,7 +2,8 @@
 per region, global average pooling, then the Fast R-CNN predictor. Registered as ``"Res5ROIHeads"``.
 
 For ResNet-18/34 the per-region res5 is made of BasicBlocks (512 channels out), for 50+ of
-Bottlenecks (``8 * RES2_OUT_CHANNELS`` out); its first block has stride 2 (14x14 pooled -> 7x7).
+Bottlenecks (``8 * RES2_OUT_CHANNELS`` out); its first block has stride 2 (14x14 pooled -> 7x7; an
+"msra" bottleneck reads only every other bin there, so the pooler computes just those 7x7).
 """
 from __future__ import annotations
 
@@ -59,8 +60,11 @@ class Res5ROIHeads(nn.Module):
             )
         self.in_feature = rh.IN_FEATURES[0]
         shape = input_shape[self.in_feature]
-        self.pooler = RoIPooler(bh.POOLER_TYPE, bh.POOLER_RESOLUTION, 1.0 / shape.stride, bh.POOLER_SAMPLING_RATIO)
         self.res5, out_channels = build_res5_stage(cfg)
+        # An msra res5 starts with stride-2 1x1 convs that read every other pooled bin: pool only those.
+        step = self.res5[0].expect_subsampled_input()
+        self.pooler = RoIPooler(bh.POOLER_TYPE, bh.POOLER_RESOLUTION, 1.0 / shape.stride, bh.POOLER_SAMPLING_RATIO,
+                                step=step, cpu_impl=cfg.MODEL.CPU_ROI_ALIGN)
         if self.res5[0].in_channels != shape.channels:
             raise ValueError(
                 f"res5 expects {self.res5[0].in_channels} input channels but '{self.in_feature}' has {shape.channels}"
