@@ -22,12 +22,14 @@ def golden_model(golden_dir):
     return build_golden_model(golden_dir, DEFAULT_CONFIG)
 
 
-# Every combination of the speed options (the first is the shipped default: both on).
+# The speed options all on (the shipped default), all off, and each alone.
+_OFF = ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False", "MODEL.CPU_ROI_ALIGN", "torchvision"]
 SPEED_OPTIONS = {
-    "fold+channels_last": [],
-    "plain": ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False"],
-    "fold": ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "False"],
-    "channels_last": ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "True"],
+    "default": [],
+    "plain": _OFF,
+    "fold": _OFF + ["MODEL.FOLD_NORM", "True"],
+    "channels_last": _OFF + ["MODEL.CHANNELS_LAST", "True"],
+    "embedding_bag_roi_align": _OFF + ["MODEL.CPU_ROI_ALIGN", "embedding_bag"],
 }
 
 
