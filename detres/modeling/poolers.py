@@ -39,7 +39,8 @@ class RoIPooler(nn.Module):
         if pooler_type not in POOLER_TYPES:
             raise ValueError(f"unknown pooler type {pooler_type!r}; expected one of {', '.join(POOLER_TYPES)}")
         if cpu_impl not in CPU_ROI_ALIGN_IMPLS:
-            raise ValueError(f"unknown CPU RoIAlign {cpu_impl!r}; expected one of {', '.join(CPU_ROI_ALIGN_IMPLS)}")
+            raise ValueError(f"unknown CPU RoIAlign {cpu_impl!r} (MODEL.CPU_ROI_ALIGN); expected one of "
+                             f"{', '.join(CPU_ROI_ALIGN_IMPLS)}")
         self.pooler_type = pooler_type
         self.output_size = int(output_size)
         self.spatial_scale = float(spatial_scale)
