@@ -371,12 +371,12 @@ def main(argv=None) -> None:
         for name, images_per_s in results.items():
             print(f"{name:36s} {images_per_s:8.1f} images/s")
     elif args.options:
-        print(f"{'':20s} {'inference s/img':>15s} {'/ plain':>8s} {'training s/it':>14s} {'/ plain':>8s} "
+        print(f"{'':24s} {'inference s/img':>15s} {'/ plain':>8s} {'training s/it':>14s} {'/ plain':>8s} "
               f"{'same detections':>16s}")
         for name, r in results.items():
             train = (f"{r['training s/iter']:14.4f} {r['training s/iter ratio']:7.2f}x" if "training s/iter" in r
                      else f"{'-':>14s} {'-':>8s}")
-            print(f"{name:20s} {r['inference s/image']:15.4f} {r['inference s/image ratio']:7.2f}x {train} "
+            print(f"{name:24s} {r['inference s/image']:15.4f} {r['inference s/image ratio']:7.2f}x {train} "
                   f"{r['matched']:15.1%}")
     elif args.extras:
         print(f"{'inference':24s} {'s/image':>10s} {'/ plain':>8s}")
