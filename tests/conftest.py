@@ -85,7 +85,7 @@ def run_tool() -> Callable[..., subprocess.CompletedProcess]:
     return _run_tool
 
 
-# configs/quickstart.yaml on a shortened schedule: a fifth of the images, 200 of the 1500 iterations
+# configs/quickstart.yaml on a shortened schedule: a fifth of the images, 200 of the 1400 iterations
 QUICKSTART_SHORT = ("DATASETS.SYNTHETIC_DET.NUM_TRAIN", "300", "DATASETS.SYNTHETIC_DET.NUM_VAL", "60",
                     "SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(160,)", "SOLVER.WARMUP_ITERS", "50",
                     "SOLVER.CHECKPOINT_PERIOD", "1000",

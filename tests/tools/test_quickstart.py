@@ -1,6 +1,6 @@
 """The README's main command, configs/quickstart.yaml, end to end through tools/train_net.py on a
 shortened schedule (the ``quickstart_run`` session fixture: 300 generated training images, 200 of the
-1500 iterations; the full run's figures are in the README): the dataset is generated on first use, the
+1400 iterations; the full run's figures are in the README): the dataset is generated on first use, the
 detector learns, the COCO table is printed and the pictures are written."""
 import json
 import re
