@@ -18,9 +18,8 @@ Rows: inference s/image (batch of 1, 1000 test proposals, median of ``--repeats`
 images) and training s/iteration (the images as one batch with their COCO boxes, trainable BN,
 nothing frozen, SGD with lr 0; median of ``--train-repeats``; the rows are timed in turn, round after
 round, so that a changing background load affects them alike), for Detectron2 and each detres variant:
-``plain`` (no speed option: MODEL.FOLD_NORM False, MODEL.CHANNELS_LAST False, MODEL.CPU_ROI_ALIGN
-torchvision), ``default`` (the
-shipped settings), ``compile`` (+ MODEL.COMPILE default), ``bf16`` (+ bfloat16 autocast). Detections
+``plain`` (no speed option: ``tools.benchmark.NO_SPEED_OPTIONS``), ``default`` (the shipped settings),
+``compile`` (+ MODEL.COMPILE default), ``bf16`` (+ bfloat16 autocast). Detections
 of every variant are matched against Detectron2's (same class, IoU > 0.99, score within 1e-3; bf16
 is reported, not held to that) and the peak resident memory of each inference is printed.
 """
@@ -50,7 +49,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from detres.config import load_config  # noqa: E402
 from detres.modeling.meta_arch.build import build_model  # noqa: E402
 from detres.modeling.weight_import import load_weights  # noqa: E402
-from tools.benchmark import calibrate_norm_statistics  # noqa: E402
+from tools.benchmark import NO_SPEED_OPTIONS, calibrate_norm_statistics  # noqa: E402
 from tools.d2_golden_parity import matched_fraction  # noqa: E402
 
 DETRES_CONFIG = REPO_ROOT / "configs" / "detection" / "d2_R50_C4_golden.yaml"
@@ -59,7 +58,7 @@ FULL_WIDTH = ["MODEL.RESNETS.STEM_OUT_CHANNELS", "64", "MODEL.RESNETS.RES2_OUT_C
               "MODEL.RESNETS.WIDTH_PER_GROUP", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "1000", "MODEL.WEIGHTS", ""]
 TRAINABLE_BN = ["MODEL.RESNETS.NORM", "BN", "MODEL.BACKBONE.FREEZE_AT", "0"]
 VARIANTS = {
-    "plain": ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False", "MODEL.CPU_ROI_ALIGN", "torchvision"],
+    "plain": NO_SPEED_OPTIONS,
     "default": [],
     "compile": ["MODEL.COMPILE", "default"],
     "bf16": [],

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from detres.modeling.weight_import import load_weights
+from tools.benchmark import NO_SPEED_OPTIONS
 from tools.d2_golden_parity import DEFAULT_CONFIG, build_golden_model, compare, format_figures
 
 
@@ -23,13 +24,12 @@ def golden_model(golden_dir):
 
 
 # The speed options all on (the shipped default), all off, and each alone.
-_OFF = ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False", "MODEL.CPU_ROI_ALIGN", "torchvision"]
 SPEED_OPTIONS = {
     "default": [],
-    "plain": _OFF,
-    "fold": _OFF + ["MODEL.FOLD_NORM", "True"],
-    "channels_last": _OFF + ["MODEL.CHANNELS_LAST", "True"],
-    "embedding_bag_roi_align": _OFF + ["MODEL.CPU_ROI_ALIGN", "embedding_bag"],
+    "plain": NO_SPEED_OPTIONS,
+    "fold": NO_SPEED_OPTIONS + ["MODEL.FOLD_NORM", "True"],
+    "channels_last": NO_SPEED_OPTIONS + ["MODEL.CHANNELS_LAST", "True"],
+    "embedding_bag_roi_align": NO_SPEED_OPTIONS + ["MODEL.CPU_ROI_ALIGN", "embedding_bag"],
 }
 
 

@@ -14,6 +14,7 @@ from detres.modeling.backbone.blocks import BasicBlock, BottleneckBlock, ConvNor
 from detres.modeling.meta_arch.build import build_model
 from detres.modeling.norm import FrozenBatchNorm2d, fixed_affine
 from tests.conftest import REPO_ROOT
+from tools.benchmark import NO_SPEED_OPTIONS
 
 QUICKSTART = str(REPO_ROOT / "configs" / "quickstart.yaml")
 
@@ -124,9 +125,6 @@ def _eval_bn_statistics(model, inputs) -> None:
     model.eval()
 
 
-PLAIN = ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False", "MODEL.CPU_ROI_ALIGN", "torchvision"]
-
-
 def _assert_same_detections(actual, expected) -> None:
     """Each expected detection has its own actual one of the same class, box within 1e-3 px and score
     within 1e-4 (the order may differ where two scores tie within float rounding)."""
@@ -149,9 +147,9 @@ def test_detector_speed_options_reproduce_the_plain_detections(opts):
     """The quickstart detector (trainable BN, in eval mode) with random weights: proposals and
     detections with each option equal those of the plain path within float tolerance."""
     inputs = _detector_inputs()
-    plain, _ = _quickstart_model(PLAIN)
+    plain, _ = _quickstart_model(NO_SPEED_OPTIONS)
     _eval_bn_statistics(plain, inputs)
-    fast, _ = _quickstart_model(PLAIN + opts)
+    fast, _ = _quickstart_model(NO_SPEED_OPTIONS + opts)
     fast.load_state_dict(plain.state_dict())
     fast.eval()
     with torch.no_grad():
