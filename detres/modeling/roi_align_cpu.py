@@ -44,8 +44,8 @@ def _axis_samples(start: torch.Tensor, size: torch.Tensor, output_size: int, gri
     low = pos.floor().long()
     at_end = low >= length - 1
     low = low.clamp(max=length - 1)
-    high = torch.where(at_end, low, low + 1)  # at the last cell both weights fall on it: weight 1
-    frac = pos - low.to(dtype)
+    high = torch.where(at_end, low, low + 1)
+    frac = torch.where(at_end, torch.zeros_like(pos), pos - low.to(dtype))
     scale = valid.to(dtype) / grid_f
     return torch.cat([low, high], dim=-1), torch.cat([(1 - frac) * scale, frac * scale], dim=-1)
 
