@@ -20,8 +20,9 @@ while they are timed.
 
 ``--options`` times detres alone with each speed option added in turn to the plain path (no option):
 batch norm folded into the convolutions (``MODEL.FOLD_NORM``), channels-last memory
-(``MODEL.CHANNELS_LAST``), RoIAlign as weighted row sums on CPU (``MODEL.CPU_ROI_ALIGN``; these three
-are the defaults), then ``torch.compile`` (``MODEL.COMPILE``) or bfloat16 autocast (``TEST.AMP`` /
+(``MODEL.CHANNELS_LAST``), RoIAlign as weighted row sums on CPU (``MODEL.CPU_ROI_ALIGN``), res5's
+opening 1x1 convolutions run before pooling (``MODEL.PROJECT_BEFORE_POOLING``; these four are the
+defaults), then ``torch.compile`` (``MODEL.COMPILE``) or bfloat16 autocast (``TEST.AMP`` /
 ``SOLVER.AMP``) on top of them: inference s/image and training s/iteration, the ratio to plain, and
 how many of the plain path's detections each option reproduces (same class, IoU > 0.99, score within
 1e-3).
@@ -185,15 +186,17 @@ def benchmark(cfg, args) -> Dict[str, Dict[str, float]]:
 
 # Every speed option off: the plain path the options are measured (and tested) against.
 NO_SPEED_OPTIONS = ["MODEL.FOLD_NORM", "False", "MODEL.CHANNELS_LAST", "False",
-                    "MODEL.CPU_ROI_ALIGN", "torchvision"]
+                    "MODEL.CPU_ROI_ALIGN", "torchvision", "MODEL.PROJECT_BEFORE_POOLING", "False"]
 _FOLD = NO_SPEED_OPTIONS + ["MODEL.FOLD_NORM", "True"]
 _CHANNELS_LAST = _FOLD + ["MODEL.CHANNELS_LAST", "True"]
-_ALL = _CHANNELS_LAST + ["MODEL.CPU_ROI_ALIGN", "embedding_bag"]  # the shipped defaults
+_EMBEDDING_BAG = _CHANNELS_LAST + ["MODEL.CPU_ROI_ALIGN", "embedding_bag"]
+_ALL = _EMBEDDING_BAG + ["MODEL.PROJECT_BEFORE_POOLING", "True"]  # the shipped defaults
 SPEED_OPTIONS = {
     "plain (no option)": NO_SPEED_OPTIONS,
     "+ fold norm": _FOLD,
     "+ channels-last": _CHANNELS_LAST,
-    "+ embedding-bag RoIAlign": _ALL,
+    "+ embedding-bag RoIAlign": _EMBEDDING_BAG,
+    "+ project before pooling": _ALL,
     "+ torch.compile": _ALL + ["MODEL.COMPILE", "default"],
     "+ bf16 autocast": _ALL + ["TEST.AMP.ENABLED", "True", "SOLVER.AMP.ENABLED", "True"],
 }

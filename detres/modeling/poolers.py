@@ -71,6 +71,18 @@ class RoIPooler(nn.Module):
             pooled = roi_align(features, boxes, self.output_size, self.spatial_scale, self.sampling_ratio, aligned)
         return pooled if self.step == 1 else pooled[:, :, ::self.step, ::self.step]
 
+    def num_bins(self) -> int:
+        """Bins per side of the output, ``ceil(output_size / step)``."""
+        return -(-self.output_size // self.step)
+
+    def can_pool_projection(self, features: torch.Tensor) -> bool:
+        """Whether pooling ``features`` is a linear map (RoIAlign, not max pooling) that computes no bin
+        beyond the kept ones: then pooling a projection of the map to more channels is exact and costs
+        only those channels' row sums (see ``ResidualBlock.input_projection``)."""
+        if self.pooler_type == "ROIPool":
+            return False
+        return self.step == 1 or self._use_embedding_bag(features)
+
     def _use_embedding_bag(self, features: torch.Tensor) -> bool:
         exporting = torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling()
         return self.cpu_impl == "embedding_bag" and features.device.type == "cpu" and not exporting

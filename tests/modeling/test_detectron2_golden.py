@@ -23,13 +23,16 @@ def golden_model(golden_dir):
     return build_golden_model(golden_dir, DEFAULT_CONFIG)
 
 
-# The speed options all on (the shipped default), all off, and each alone.
+# The speed options all on (the shipped default), all off, and each alone (with what it needs).
 SPEED_OPTIONS = {
     "default": [],
     "plain": NO_SPEED_OPTIONS,
     "fold": NO_SPEED_OPTIONS + ["MODEL.FOLD_NORM", "True"],
     "channels_last": NO_SPEED_OPTIONS + ["MODEL.CHANNELS_LAST", "True"],
     "embedding_bag_roi_align": NO_SPEED_OPTIONS + ["MODEL.CPU_ROI_ALIGN", "embedding_bag"],
+    # projecting needs pooling that computes only the bins res5 reads: on CPU, the embedding-bag RoIAlign
+    "project_before_pooling": NO_SPEED_OPTIONS + ["MODEL.CPU_ROI_ALIGN", "embedding_bag",
+                                                  "MODEL.PROJECT_BEFORE_POOLING", "True"],
 }
 
 

@@ -137,19 +137,27 @@ def _assert_same_detections(actual, expected) -> None:
     torch.testing.assert_close(actual["scores"][nearest], expected["scores"], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("opts", [
-    ["MODEL.FOLD_NORM", "True"],
-    ["MODEL.CHANNELS_LAST", "True"],
-    ["MODEL.CPU_ROI_ALIGN", "embedding_bag"],
-    ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "True", "MODEL.CPU_ROI_ALIGN", "embedding_bag"],
+_PROJECT = ["MODEL.CPU_ROI_ALIGN", "embedding_bag", "MODEL.PROJECT_BEFORE_POOLING", "True"]
+_R50 = ["MODEL.RESNETS.DEPTH", "50"]  # bottleneck blocks: res5 opens with 1x1 convs that can project
+
+
+@pytest.mark.parametrize("arch,opts", [
+    ([], ["MODEL.FOLD_NORM", "True"]),
+    ([], ["MODEL.CHANNELS_LAST", "True"]),
+    ([], ["MODEL.CPU_ROI_ALIGN", "embedding_bag"]),
+    (_R50, _PROJECT),
+    (_R50, ["MODEL.FOLD_NORM", "True", "MODEL.CHANNELS_LAST", "True", *_PROJECT]),
 ])
-def test_detector_speed_options_reproduce_the_plain_detections(opts):
-    """The quickstart detector (trainable BN, in eval mode) with random weights: proposals and
-    detections with each option equal those of the plain path within float tolerance."""
+def test_detector_speed_options_reproduce_the_plain_detections(arch, opts):
+    """The quickstart detector (trainable BN, in eval mode; ResNet-18, or a narrow ResNet-50) with
+    random weights: proposals and detections with each option equal those of the plain path within
+    float tolerance."""
     inputs = _detector_inputs()
-    plain, _ = _quickstart_model(NO_SPEED_OPTIONS)
+    plain, _ = _quickstart_model(NO_SPEED_OPTIONS + arch)
     _eval_bn_statistics(plain, inputs)
-    fast, _ = _quickstart_model(NO_SPEED_OPTIONS + opts)
+    fast, _ = _quickstart_model(NO_SPEED_OPTIONS + arch + opts)
+    if "MODEL.PROJECT_BEFORE_POOLING" in opts:
+        fast.roi_heads.res5[0].conv1.register_forward_hook(lambda *_: pytest.fail("res5 did not project"))
     fast.load_state_dict(plain.state_dict())
     fast.eval()
     with torch.no_grad():

@@ -13,7 +13,7 @@ Module names (checkpoint contract): a block's ``ConvNorm`` children are ``conv1`
 """
 from __future__ import annotations
 
-from typing import Callable, Union
+from typing import Callable, Optional, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -72,13 +72,21 @@ class ConvNorm(nn.Module):
         )
         self.norm = _make_norm(norm, out_channels)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        affine = fixed_affine(self.norm) if self.fold_norm else None
+    def folded(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """The convolution's weight ``(C_out, C_in, k, k)`` and bias ``(C_out,)`` with the norm folded in,
+        when the norm is a fixed affine map; else None. Differentiable in ``conv.weight``."""
+        affine = fixed_affine(self.norm)
         if affine is None:
-            return self.norm(self.conv(x))
+            return None
         scale, shift = affine
         weight = self.conv.weight * scale.to(self.conv.weight.dtype).view(-1, 1, 1, 1)
-        return self.conv._conv_forward(x, weight, shift.to(weight.dtype))
+        return weight, shift.to(weight.dtype)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        folded = self.folded() if self.fold_norm else None
+        if folded is None:
+            return self.norm(self.conv(x))
+        return self.conv._conv_forward(x, *folded)
 
 
 class BasicStem(nn.Module):
@@ -152,6 +160,20 @@ class ResidualBlock(nn.Module):
 
     def memory_format(self) -> torch.memory_format:
         return torch.contiguous_format
+
+    def input_projection(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """``(weight (P, C_in, 1, 1), bias (P,))`` when every layer that reads the subsampled input is a
+        1x1 convolution with a fixed affine norm (the "msra" bottleneck with a projection shortcut and
+        frozen BN): those layers folded and stacked. Such layers commute with any linear per-channel
+        resampling ``pool`` (RoIAlign): ``block(pool(x)) == block.forward_projected(pool(conv2d(x,
+        weight)), bias)`` up to float rounding, so a C4 head can run them once on the feature map instead
+        of on every pooled region. None when the block is not of that kind (the default)."""
+        return None
+
+    def forward_projected(self, projected: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """The block's output from ``projected`` ``(R, P, H, W)``: its subsampled input through the bias-free
+        ``weight`` of :meth:`input_projection` (then pooled); ``bias`` is that method's ``bias``."""
+        raise NotImplementedError(f"{type(self).__name__} has no input projection")
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """The residual branch on the subsampled input (see ``input_stride``)."""
@@ -247,9 +269,30 @@ class BottleneckBlock(ResidualBlock):
             memory_format=torch.channels_last) else torch.contiguous_format
 
     def residual_branch(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.relu_(self.conv1(x))
-        x = F.relu_(self.conv2(x))
-        return self.conv3(x)
+        return self._after_conv1(F.relu_(self.conv1(x)))
+
+    def _after_conv1(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(F.relu_(self.conv2(x)))
+
+    def input_projection(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        layers = [self.conv1] if self.plain else [self.conv1, self.shortcut]
+        if layers[-1] is None or any(layer.conv.stride != (1, 1) for layer in layers):
+            return None  # option A's shortcut, or a stride the 1x1 convs apply themselves ("pytorch" style)
+        folded = [layer.folded() for layer in layers]
+        if any(f is None for f in folded):
+            return None
+        weights, biases = zip(*folded)
+        return torch.cat(weights), torch.cat(biases)
+
+    def forward_projected(self, projected: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        """``projected`` ``(R, P, H, W)``: ``conv1``'s channels, then the shortcut's (see the base class)."""
+        split = self.conv1.conv.out_channels
+        x = F.relu_(projected[:, :split] + bias[:split].view(1, -1, 1, 1))
+        out = self._after_conv1(x.contiguous(memory_format=self.memory_format()))
+        if not self.plain:
+            out += projected[:, split:]
+            out += bias[split:].view(1, -1, 1, 1)
+        return F.relu_(out)
 
 
 def make_stage(

@@ -20,13 +20,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# The parts that ``MODEL.COMPILE`` compiles: the trunk and the per-region network of a C4 RoI head.
+# The parts that ``MODEL.COMPILE`` compiles: the trunk and the per-region network of a C4 RoI head,
+# block by block (with ``MODEL.PROJECT_BEFORE_POOLING`` the head enters res5 after its first block's convs).
 _COMPILED_PARTS = ("backbone", "roi_heads.res5")
 
 
 def apply_speed_options(cfg, model: nn.Module) -> nn.Module:
     """``MODEL.FOLD_NORM`` (batch norm folded into convolutions where it is a fixed affine map) and
-    ``MODEL.COMPILE`` (``nn.Module.compile`` of the backbone and the RoI head's res5, in place, so that
+    ``MODEL.COMPILE`` (``nn.Module.compile`` of the backbone and the RoI head's res5 blocks, in place, so that
     parameter and state-dict names do not change). Returns ``model``."""
     from detres.modeling.backbone.blocks import ConvNorm
 
@@ -39,7 +40,8 @@ def apply_speed_options(cfg, model: nn.Module) -> nn.Module:
                 part = model.get_submodule(path)
             except AttributeError:
                 continue
-            part.compile(mode=None if cfg.MODEL.COMPILE == "default" else cfg.MODEL.COMPILE)
+            for module in part if isinstance(part, nn.Sequential) else [part]:
+                module.compile(mode=None if cfg.MODEL.COMPILE == "default" else cfg.MODEL.COMPILE)
     return model
 
 

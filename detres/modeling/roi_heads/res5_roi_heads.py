@@ -3,7 +3,8 @@ per region, global average pooling, then the Fast R-CNN predictor. Registered as
 
 For ResNet-18/34 the per-region res5 is made of BasicBlocks (512 channels out), for 50+ of
 Bottlenecks (``8 * RES2_OUT_CHANNELS`` out); its first block has stride 2 (14x14 pooled -> 7x7; an
-"msra" bottleneck reads only every other bin there, so the pooler computes just those 7x7).
+"msra" bottleneck reads only every other bin there, so the pooler computes just those 7x7, and with frozen
+BN its opening 1x1 convolutions can run once on the res4 map before pooling: ``MODEL.PROJECT_BEFORE_POOLING``).
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 from torchvision.ops import box_iou
 
 from detres.modeling.backbone.backbone import ShapeSpec
@@ -65,6 +67,7 @@ class Res5ROIHeads(nn.Module):
         step = self.res5[0].expect_subsampled_input()
         self.pooler = RoIPooler(bh.POOLER_TYPE, bh.POOLER_RESOLUTION, 1.0 / shape.stride, bh.POOLER_SAMPLING_RATIO,
                                 step=step, cpu_impl=cfg.MODEL.CPU_ROI_ALIGN)
+        self.project_before_pooling = cfg.MODEL.PROJECT_BEFORE_POOLING
         if self.res5[0].in_channels != shape.channels:
             raise ValueError(
                 f"res5 expects {self.res5[0].in_channels} input channels but '{self.in_feature}' has {shape.channels}"
@@ -100,8 +103,29 @@ class Res5ROIHeads(nn.Module):
     # ------------------------------------------------------------------ region features
     def box_features(self, feature: torch.Tensor, boxes: List[torch.Tensor]) -> torch.Tensor:
         """``(N, C, H, W)`` and N box lists ``(R_i, 4)`` in that map's input pixels -> ``(sum R_i, C5)``:
-        pooled, res5, global average pool. Test-time extras (e.g. multi-scale testing) call it per scale."""
-        return self.res5(self.pooler(feature, boxes)).mean(dim=(2, 3))
+        pooled, res5, global average pool. Test-time extras (e.g. multi-scale testing) call it per scale.
+
+        With ``MODEL.PROJECT_BEFORE_POOLING``, res5's opening 1x1 convolutions run on the map and their
+        outputs are pooled when that is cheaper (see ``ResidualBlock.input_projection``)."""
+        projection = self._input_projection(feature, boxes)
+        if projection is None:
+            return self.res5(self.pooler(feature, boxes)).mean(dim=(2, 3))
+        weight, bias = projection
+        x = self.res5[0].forward_projected(self.pooler(F.conv2d(feature, weight), boxes), bias)
+        for block in self.res5[1:]:
+            x = block(x)
+        return x.mean(dim=(2, 3))
+
+    def _input_projection(self, feature: torch.Tensor,
+                          boxes: List[torch.Tensor]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+        """res5's first-block projection, when it applies and the map ``(N, C, H, W)`` has fewer cells
+        than the regions have pooled bins."""
+        if not self.project_before_pooling or not self.pooler.can_pool_projection(feature):
+            return None
+        bins = self.pooler.num_bins() ** 2
+        if feature.shape[0] * feature.shape[2] * feature.shape[3] >= sum(len(b) for b in boxes) * bins:
+            return None
+        return self.res5[0].input_projection()
 
     def predictor_inputs(self, region_features: torch.Tensor, feature: torch.Tensor,
                          image_sizes: Sequence[Tuple[int, int]], counts: Sequence[int]) -> torch.Tensor:
