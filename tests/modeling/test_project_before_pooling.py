@@ -45,7 +45,8 @@ def test_projected_block_gives_the_values_and_gradients_of_the_pooled_block(plai
 
     expected = block(pooler(features, boxes))
     expected.square().sum().backward()
-    expected_grads = [features.grad.clone(), block.conv1.conv.weight.grad.clone(), block.conv2.conv.weight.grad.clone()]
+    weights = [m.weight for m in block.modules() if isinstance(m, nn.Conv2d)]
+    expected_grads = [features.grad.clone()] + [w.grad.clone() for w in weights]
     features.grad = None
     block.zero_grad()
 
@@ -55,11 +56,10 @@ def test_projected_block_gives_the_values_and_gradients_of_the_pooled_block(plai
     actual.square().sum().backward()
     assert expected.shape == (31, 32, 7, 7) and expected.abs().sum() > 100
     torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-10)
-    grads = [features.grad, block.conv1.conv.weight.grad, block.conv2.conv.weight.grad]
-    for a, e in zip(grads, expected_grads):
-        torch.testing.assert_close(a, e, rtol=1e-9, atol=1e-9)
-    if not plain:
-        assert block.shortcut.conv.weight.grad.abs().sum() > 0
+    assert len(weights) == (3 if plain else 4)  # the shortcut's weight too
+    for actual_grad, expected_grad in zip([features.grad] + [w.grad for w in weights], expected_grads):
+        assert expected_grad.abs().sum() > 0
+        torch.testing.assert_close(actual_grad, expected_grad, rtol=1e-9, atol=1e-9)
 
 
 @pytest.mark.parametrize("make", [
@@ -126,3 +126,16 @@ def test_c4_head_keeps_the_plain_path_where_projecting_is_not_exact_or_cheap(cpu
     conv1_calls = _count_calls(heads.res5[0].conv1)
     heads.box_features(torch.rand(1, 64, 12, 20), [_boxes(20, seed=10)])
     assert len(conv1_calls) == 1
+
+
+def test_c4_head_projects_under_bf16_autocast_within_bf16_precision():
+    plain, fast = _heads(False), _heads(True)
+    fast.load_state_dict(plain.state_dict())
+    features = torch.rand(2, 64, 12, 20, generator=torch.Generator().manual_seed(1))
+    boxes = [_boxes(10, seed=10), _boxes(10, seed=11)]
+    with torch.no_grad():
+        expected = plain.box_features(features, boxes)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            actual = fast.box_features(features, boxes)
+    assert actual.dtype == torch.bfloat16
+    assert (actual.float() - expected).norm() / expected.norm() < 2e-2  # 8-bit mantissas through res5

@@ -286,7 +286,7 @@ class BottleneckBlock(ResidualBlock):
 
     def forward_projected(self, projected: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         """``projected`` ``(R, P, H, W)``: ``conv1``'s channels, then the shortcut's (see the base class)."""
-        split = self.conv1.conv.out_channels
+        split, bias = self.conv1.conv.out_channels, bias.to(projected.dtype)
         x = F.relu_(projected[:, :split] + bias[:split].view(1, -1, 1, 1))
         out = self._after_conv1(x.contiguous(memory_format=self.memory_format()))
         if not self.plain:

@@ -111,7 +111,8 @@ class Res5ROIHeads(nn.Module):
         if projection is None:
             return self.res5(self.pooler(feature, boxes)).mean(dim=(2, 3))
         weight, bias = projection
-        x = self.res5[0].forward_projected(self.pooler(F.conv2d(feature, weight), boxes), bias)
+        projected = F.conv2d(feature, weight)  # (N, P, H, W); under autocast pooled in float32, then cast back
+        x = self.res5[0].forward_projected(self.pooler(projected, boxes).to(projected.dtype), bias)
         for block in self.res5[1:]:
             x = block(x)
         return x.mean(dim=(2, 3))
