@@ -38,7 +38,7 @@ _C.MODEL.COMPILE = ""
 # "torchvision" (its kernel). GPUs and exports always use torchvision's.
 _C.MODEL.CPU_ROI_ALIGN = "embedding_bag"
 # C4 head: run the 1x1 convolutions that open res5 (conv1 and the projection shortcut of an "msra"
-# bottleneck with frozen BN) once on the res4 map and pool their outputs, instead of running them on
+# bottleneck, norms folded: frozen BN, or BN in eval mode) once on the res4 map and pool their outputs, instead of running them on
 # every pooled region; RoIAlign is linear, so the same values within float rounding. Used when pooling
 # computes only the bins res5 reads (embedding_bag RoIAlign on CPU) and the map has fewer cells than
 # the regions have bins.

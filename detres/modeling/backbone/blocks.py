@@ -163,8 +163,8 @@ class ResidualBlock(nn.Module):
 
     def input_projection(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         """``(weight (P, C_in, 1, 1), bias (P,))`` when every layer that reads the subsampled input is a
-        1x1 convolution with a fixed affine norm (the "msra" bottleneck with a projection shortcut and
-        frozen BN): those layers folded and stacked. Such layers commute with any linear per-channel
+        1x1 convolution with a fixed affine norm (e.g. the "msra" bottleneck with a projection shortcut and
+        frozen BN, or BN in eval mode): those layers folded and stacked. Such layers commute with any linear per-channel
         resampling ``pool`` (RoIAlign): ``block(pool(x)) == block.forward_projected(pool(conv2d(x,
         weight)), bias)`` up to float rounding, so a C4 head can run them once on the feature map instead
         of on every pooled region. None when the block is not of that kind (the default)."""
@@ -277,7 +277,7 @@ class BottleneckBlock(ResidualBlock):
     def input_projection(self) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
         layers = [self.conv1] if self.plain else [self.conv1, self.shortcut]
         if layers[-1] is None or any(layer.conv.stride != (1, 1) for layer in layers):
-            return None  # option A's shortcut, or a stride the 1x1 convs apply themselves ("pytorch" style)
+            return None  # a parameter-free shortcut, or a 1x1 conv that subsamples by itself ("pytorch" style)
         folded = [layer.folded() for layer in layers]
         if any(f is None for f in folded):
             return None
