@@ -10,22 +10,20 @@ from torch.nn import functional as F
 from detres.config import get_cfg
 from detres.modeling.backbone.backbone import ShapeSpec
 from detres.modeling.backbone.blocks import BasicBlock, BottleneckBlock
+from detres.modeling.norm import FrozenBatchNorm2d
 from detres.modeling.poolers import RoIPooler
 from detres.modeling.roi_heads import build_roi_heads
 from tests.modeling.test_roi_align_cpu import SCALE, _boxes
+from tests.modeling.test_speed_options import _random_statistics
 
 
 def _block(norm: str = "FrozenBN", plain: bool = False, **kwargs) -> BottleneckBlock:
     torch.manual_seed(0)
     block = BottleneckBlock(8, 32, bottleneck_channels=4, stride=2, norm=norm, plain=plain, **kwargs)
     g = torch.Generator().manual_seed(1)
-    for module in block.modules():  # non-trivial frozen statistics: scales and shifts matter
-        if hasattr(module, "running_var"):
-            c = module.num_features
-            for name, value in [("weight", torch.rand(c, generator=g) + 0.5), ("bias", torch.randn(c, generator=g)),
-                                ("running_mean", torch.randn(c, generator=g)),
-                                ("running_var", torch.rand(c, generator=g) + 0.5)]:
-                getattr(module, name).data.copy_(value)
+    for module in block.modules():  # non-trivial statistics: scales and shifts matter
+        if isinstance(module, (FrozenBatchNorm2d, nn.BatchNorm2d)):
+            _random_statistics(module, g)
     return block
 
 
