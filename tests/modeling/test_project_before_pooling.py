@@ -7,13 +7,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from detres.config import get_cfg
-from detres.modeling.backbone.backbone import ShapeSpec
 from detres.modeling.backbone.blocks import BasicBlock, BottleneckBlock
 from detres.modeling.norm import FrozenBatchNorm2d
 from detres.modeling.poolers import RoIPooler
-from detres.modeling.roi_heads import build_roi_heads
-from tests.modeling.test_roi_align_cpu import SCALE, _boxes
+from tests.modeling.test_roi_align_cpu import SCALE, _boxes, narrow_r50_c4_heads
 from tests.modeling.test_speed_options import _random_statistics
 
 
@@ -86,13 +83,7 @@ def test_only_linear_pooling_of_the_kept_bins_takes_projections():
 
 
 def _heads(project: bool, cpu_impl: str = "embedding_bag", norm: str = "FrozenBN"):
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/detection/Base-RCNN-C4.yaml")
-    cfg.merge_from_dict({"MODEL": {"PROJECT_BEFORE_POOLING": project, "CPU_ROI_ALIGN": cpu_impl,
-                                   "RESNETS": {"DEPTH": 50, "WIDTH_PER_GROUP": 4, "RES2_OUT_CHANNELS": 16,
-                                               "NORM": norm}}})
-    torch.manual_seed(0)
-    return build_roi_heads(cfg, {"res4": ShapeSpec(64, 16)}).eval()
+    return narrow_r50_c4_heads(resnets={"NORM": norm}, PROJECT_BEFORE_POOLING=project, CPU_ROI_ALIGN=cpu_impl)
 
 
 def _count_calls(module: nn.Module) -> list:

@@ -1,6 +1,8 @@
 """RoIAlign as weighted row sums (``MODEL.CPU_ROI_ALIGN embedding_bag``) gives torchvision's values and
 gradients, for every bin or every other one, and a C4 head that pools only the bins res5 reads gives
 the region features of the full 14x14 grid."""
+from typing import Optional
+
 import pytest
 import torch
 from torchvision.ops import roi_align, roi_pool
@@ -11,6 +13,7 @@ from detres.modeling.backbone.blocks import BottleneckBlock
 from detres.modeling.poolers import RoIPooler
 from detres.modeling.roi_align_cpu import roi_align_embedding_bag
 from detres.modeling.roi_heads import build_roi_heads
+from detres.modeling.roi_heads.res5_roi_heads import Res5ROIHeads
 
 SCALE = 1 / 16  # feature maps of (N, 8, 12, 20) cover images of 192 x 320
 
@@ -94,16 +97,22 @@ def test_pooler_under_bf16_autocast_pools_in_float32():
     torch.testing.assert_close(pooled, expected, rtol=1e-5, atol=1e-5)
 
 
+def narrow_r50_c4_heads(resnets: Optional[dict] = None, **model) -> Res5ROIHeads:
+    """The eval-mode C4 head of a narrow ResNet-50 (res5: 64 -> 128 channels) on a res4 map of 64
+    channels at stride 16; ``resnets`` and ``model`` override ``MODEL.RESNETS`` and other ``MODEL`` keys."""
+    cfg = get_cfg()
+    cfg.merge_from_file("configs/detection/Base-RCNN-C4.yaml")
+    cfg.merge_from_dict({"MODEL": {**model, "RESNETS": {"DEPTH": 50, "WIDTH_PER_GROUP": 4, "RES2_OUT_CHANNELS": 16,
+                                                        **(resnets or {})}}})
+    torch.manual_seed(0)
+    return build_roi_heads(cfg, {"res4": ShapeSpec(64, 16)}).eval()
+
+
 @pytest.mark.parametrize("style,step", [("msra", 2), ("pytorch", 1)])
 def test_c4_head_pools_only_the_bins_res5_reads(style, step):
     """An msra res5 (stride 2 in its first 1x1 convs) reads every other bin of the 14x14 grid: its
     head pools those 7x7 and gives the features of the full grid through an unchanged res5."""
-    cfg = get_cfg()
-    cfg.merge_from_file("configs/detection/Base-RCNN-C4.yaml")
-    cfg.merge_from_dict({"MODEL": {"RESNETS": {"DEPTH": 50, "WIDTH_PER_GROUP": 4, "RES2_OUT_CHANNELS": 16,
-                                               "STYLE": style}}})
-    torch.manual_seed(0)
-    heads = build_roi_heads(cfg, {"res4": ShapeSpec(64, 16)}).eval()
+    heads = narrow_r50_c4_heads(resnets={"STYLE": style})
     assert isinstance(heads.res5[0], BottleneckBlock) and heads.pooler.step == step
     reference = BottleneckBlock(64, 128, bottleneck_channels=heads.res5[0].conv1.conv.out_channels, stride=2,
                                 norm="FrozenBN", stride_in_1x1=style == "msra")

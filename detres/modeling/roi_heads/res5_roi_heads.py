@@ -113,9 +113,7 @@ class Res5ROIHeads(nn.Module):
         weight, bias = projection
         projected = F.conv2d(feature, weight)  # (N, P, H, W); under autocast pooled in float32, then cast back
         x = self.res5[0].forward_projected(self.pooler(projected, boxes).to(projected.dtype), bias)
-        for block in self.res5[1:]:
-            x = block(x)
-        return x.mean(dim=(2, 3))
+        return self.res5[1:](x).mean(dim=(2, 3))
 
     def _input_projection(self, feature: torch.Tensor,
                           boxes: List[torch.Tensor]) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
